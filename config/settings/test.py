@@ -1,0 +1,24 @@
+"""Test settings: PostgreSQL and Redis from the environment, captured e-mail, fast hashing."""
+
+import uuid
+
+from .base import *  # noqa: F403
+from .base import database_from_env, env
+
+SECRET_KEY = "test-only-secret-key"  # noqa: S105
+ALLOWED_HOSTS = ["*"]
+DATABASES = {"default": database_from_env("postgres://postgres@127.0.0.1:5432/cango")}
+EMAIL_BACKEND = env.str("EMAIL_BACKEND", default="django.core.mail.backends.locmem.EmailBackend")
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.InMemoryStorage"},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
+WHITENOISE_AUTOREFRESH = True
+
+# Each test run gets its own cache namespace in the shared Redis, so one run's
+# counters never leak into the next.
+CACHES["default"]["KEY_PREFIX"] = f"test-{uuid.uuid4().hex[:8]}"  # noqa: F405
+# django-allauth's per-address limits (one confirmation mail per 3 minutes) would
+# make repeated runs fail; tests of throttling switch them back on.
+ACCOUNT_RATE_LIMITS = False

@@ -1,0 +1,46 @@
+from django.contrib import admin
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import render
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from marketplace.api.errors import json_error_response
+from marketplace.views import SignupView
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("accounts/signup/", SignupView.as_view(), name="account_signup"),
+    path("accounts/", include("allauth.urls")),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    path("v1/", include(("marketplace.api.urls", "api"), namespace="v1")),
+    path("", include("marketplace.urls")),
+]
+
+
+def _is_api(request: HttpRequest) -> bool:
+    return request.path.startswith(("/v1/", "/v2/", "/api/"))
+
+
+def handler404(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    if _is_api(request):
+        return json_error_response(request, 404, "No such resource.")
+    return render(request, "errors/404.html", status=404)
+
+
+def handler403(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    if _is_api(request):
+        return json_error_response(request, 403, "Forbidden.")
+    return render(request, "errors/403.html", status=403)
+
+
+def handler500(request: HttpRequest) -> HttpResponse:
+    if _is_api(request):
+        return json_error_response(request, 500, "Internal error; quote the request id.")
+    return render(request, "errors/500.html", status=500)
+
+
+def handler400(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    if _is_api(request):
+        return json_error_response(request, 400, "Bad request.")
+    return render(request, "errors/400.html", status=400)

@@ -1,0 +1,183 @@
+"""Staff admin for tenants, members, invitations, keys and the audit trail.
+
+State changes go through the same services as the portal, so each one is audited.
+"""
+
+from typing import Any
+
+from django.contrib import admin, messages
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
+
+from . import services
+from .forms import ReasonForm
+from .models import ApiKey, AuditEvent, Invitation, Membership, Tenant, User
+
+
+@admin.register(User)
+class UserAdmin(BaseUserAdmin):
+    ordering = ("email",)
+    list_display = ("email", "first_name", "last_name", "is_staff", "is_active", "date_joined")
+    search_fields = ("email", "first_name", "last_name")
+    fieldsets = (
+        (None, {"fields": ("email", "password")}),
+        ("Personal info", {"fields": ("first_name", "last_name")}),
+        ("Permissions", {"fields": ("is_active", "is_staff", "is_superuser", "groups")}),
+        ("Dates", {"fields": ("last_login", "date_joined")}),
+    )
+    add_fieldsets = ((None, {"classes": ("wide",), "fields": ("email", "password1", "password2")}),)
+
+
+class MembershipInline(admin.TabularInline[Membership, Tenant]):
+    model = Membership
+    extra = 0
+    fields = ("user", "role", "created_at")
+    readonly_fields = ("user", "role", "created_at")
+    can_delete = False
+
+    def has_add_permission(self, request: HttpRequest, obj: Tenant | None = None) -> bool:
+        return False
+
+
+def _status_action(
+    modeladmin: "TenantAdmin",
+    request: HttpRequest,
+    queryset: QuerySet[Tenant],
+    *,
+    verb: str,
+    action_name: str,
+) -> HttpResponse | None:
+    """Ask for a reason, then change each tenant's status through the audited service."""
+    if "apply" in request.POST:
+        form = ReasonForm(request.POST)
+        if form.is_valid():
+            change = services.tenant_suspend if verb == "suspend" else services.tenant_reactivate
+            for tenant in queryset:
+                change(tenant=tenant, actor=request.user, reason=form.cleaned_data["reason"])  # type: ignore[arg-type]
+            modeladmin.message_user(
+                request, f"{queryset.count()} tenant(s): {verb} done.", messages.SUCCESS
+            )
+            return None
+    else:
+        form = ReasonForm()
+    context = {
+        **modeladmin.admin_site.each_context(request),
+        "title": f"{verb.capitalize()} tenants",
+        "verb": verb,
+        "action_name": action_name,
+        "tenants": queryset,
+        "form": form,
+        "opts": modeladmin.model._meta,
+        "action_checkbox_name": ACTION_CHECKBOX_NAME,
+    }
+    return TemplateResponse(request, "admin/marketplace/tenant/status_change.html", context)
+
+
+@admin.register(Tenant)
+class TenantAdmin(admin.ModelAdmin[Tenant]):
+    list_display = ("name", "slug", "status", "created_at")
+    list_filter = ("status",)
+    search_fields = ("name", "slug", "memberships__user__email")
+    readonly_fields = ("status", "status_reason", "status_changed_at", "created_at")
+    inlines = (MembershipInline,)
+    actions = ("suspend", "reactivate")
+
+    def has_delete_permission(self, request: HttpRequest, obj: Tenant | None = None) -> bool:
+        # A tenant's ledger and invoices must outlive it: suspend instead.
+        return False
+
+    @admin.action(description="Suspend selected tenants (asks for a reason)")
+    def suspend(self, request: HttpRequest, queryset: QuerySet[Tenant]) -> HttpResponse | None:
+        return _status_action(self, request, queryset, verb="suspend", action_name="suspend")
+
+    @admin.action(description="Reactivate selected tenants (asks for a reason)")
+    def reactivate(self, request: HttpRequest, queryset: QuerySet[Tenant]) -> HttpResponse | None:
+        return _status_action(self, request, queryset, verb="reactivate", action_name="reactivate")
+
+
+@admin.register(Membership)
+class MembershipAdmin(admin.ModelAdmin[Membership]):
+    list_display = ("user", "tenant", "role", "created_at")
+    list_filter = ("role",)
+    search_fields = ("user__email", "tenant__name")
+    list_select_related = ("user", "tenant")
+    raw_id_fields = ("user", "tenant")
+
+
+@admin.register(Invitation)
+class InvitationAdmin(admin.ModelAdmin[Invitation]):
+    list_display = ("email", "tenant", "role", "created_at", "expires_at", "accepted_at")
+    search_fields = ("email", "tenant__name")
+    list_select_related = ("tenant",)
+    exclude = ("token_hash",)
+    readonly_fields = (
+        "tenant",
+        "email",
+        "role",
+        "invited_by",
+        "created_at",
+        "expires_at",
+        "accepted_at",
+        "accepted_by",
+        "revoked_at",
+    )
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(admin.ModelAdmin[ApiKey]):
+    """Keys are created by tenants; staff can only look and revoke. Hashes are never shown."""
+
+    list_display = ("name", "display_prefix", "tenant", "created_at", "last_used_at", "revoked_at")
+    list_filter = ("revoked_at",)
+    search_fields = ("name", "public_id", "tenant__name")
+    list_select_related = ("tenant",)
+    fields = (
+        "tenant",
+        "name",
+        "public_id",
+        "allowed_models",
+        "monthly_spend_cap_micros",
+        "created_by",
+        "created_at",
+        "expires_at",
+        "last_used_at",
+        "revoked_at",
+        "revoked_by",
+    )
+    readonly_fields = fields
+    actions = ("revoke",)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: ApiKey | None = None) -> bool:
+        return False
+
+    @admin.action(description="Revoke selected keys")
+    def revoke(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
+        for key in queryset.select_related("tenant"):
+            services.api_key_revoke(key=key, actor=request.user)  # type: ignore[arg-type]
+        self.message_user(request, "Keys revoked.", messages.SUCCESS)
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(admin.ModelAdmin[AuditEvent]):
+    list_display = ("created_at", "actor_label", "action", "tenant", "target_type", "target_id")
+    list_filter = ("action",)
+    search_fields = ("actor_label", "action", "tenant__name", "reason")
+    list_select_related = ("tenant",)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False

@@ -1,0 +1,104 @@
+"""The one place where errors become HTTP answers for the API.
+
+Every error body is ``{"error": {"code", "message", "request_id"}}`` (plus ``field``
+and ``fields`` for bad input), whatever raised it: DRF, a domain service, or Django.
+"""
+
+from typing import Any
+
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.http import Http404, HttpRequest, JsonResponse
+from rest_framework import exceptions, status
+from rest_framework.response import Response
+from rest_framework.views import exception_handler as drf_exception_handler
+
+from marketplace.exceptions import DomainError
+from marketplace.logging import request_id_var
+
+_DEFAULT_CODES = {
+    400: "invalid_request",
+    401: "unauthenticated",
+    402: "payment_required",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "invalid_request",
+    429: "rate_limited",
+    500: "internal_error",
+    503: "unavailable",
+}
+
+
+def error_body(
+    *, status_code: int, message: str, code: str | None = None, **extra: Any
+) -> dict[str, Any]:
+    error: dict[str, Any] = {
+        "code": code or _DEFAULT_CODES.get(status_code, "error"),
+        "message": message,
+        "request_id": request_id_var.get(),
+    }
+    error.update({k: v for k, v in extra.items() if v is not None})
+    return {"error": error}
+
+
+def _first_field_error(detail: Any, prefix: str = "") -> tuple[str | None, str]:
+    """Walk DRF's nested error detail to the first message and the field it names."""
+    if isinstance(detail, dict):
+        for name, sub in detail.items():
+            path = f"{prefix}.{name}" if prefix else str(name)
+            if name == "non_field_errors":
+                path = prefix
+            return _first_field_error(sub, path)
+    if isinstance(detail, list) and detail:
+        for index, sub in enumerate(detail):
+            if sub:
+                sub_prefix = f"{prefix}[{index}]" if isinstance(sub, dict | list) else prefix
+                return _first_field_error(sub, sub_prefix)
+    return (prefix or None), str(detail)
+
+
+def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    if isinstance(exc, DomainError):
+        return Response(
+            error_body(status_code=400, message=exc.message, code=exc.code, field=exc.field),
+            status=status.HTTP_400_BAD_REQUEST,
+        )
+    if isinstance(exc, Http404):
+        exc = exceptions.NotFound()
+    elif isinstance(exc, DjangoPermissionDenied):
+        exc = exceptions.PermissionDenied()
+    response = drf_exception_handler(exc, context)
+    if response is None or not isinstance(exc, exceptions.APIException):
+        return response
+    if isinstance(exc, exceptions.ValidationError):
+        field, message = _first_field_error(exc.detail)
+        if field:
+            message = f"{field}: {message}"
+        response.data = error_body(
+            status_code=response.status_code,
+            message=message,
+            field=field,
+            fields=exc.detail if isinstance(exc.detail, dict) else None,
+        )
+        return response
+    detail = exc.detail
+    codes = exc.get_codes()
+    code = codes if isinstance(codes, str) else None
+    if exc.status_code == 401:
+        code = "invalid_api_key" if isinstance(exc, exceptions.AuthenticationFailed) else None
+        code = code or "missing_api_key"
+    if isinstance(exc, exceptions.ParseError):
+        code = "invalid_json"
+    if code in {"error", "invalid", "not_authenticated"}:
+        code = None
+    response.data = error_body(status_code=response.status_code, message=str(detail), code=code)
+    return response
+
+
+def json_error_response(request: HttpRequest, status_code: int, message: str) -> JsonResponse:
+    """For errors raised outside DRF views (unknown URL, crash) on API paths."""
+    return JsonResponse(error_body(status_code=status_code, message=message), status=status_code)

@@ -1,0 +1,294 @@
+"""Writes for tenants, members, invitations and API keys.
+
+Each function is one action: it runs in one transaction, writes its audit row in
+that transaction, and sends e-mail only after commit.
+"""
+
+import hashlib
+import secrets
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.core.mail import send_mail
+from django.db import IntegrityError, transaction
+from django.template.loader import render_to_string
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.text import slugify
+
+from . import keycache, keys
+from .exceptions import InvitationInvalid, LastOwnerError
+from .models import ApiKey, AuditEvent, Invitation, Membership, Role, Tenant, User
+
+
+def audit_record(
+    *,
+    action: str,
+    actor: User | None,
+    target: object,
+    tenant: Tenant | None,
+    reason: str = "",
+    metadata: dict[str, object] | None = None,
+    actor_label: str | None = None,
+) -> AuditEvent:
+    return AuditEvent.objects.create(
+        tenant=tenant,
+        actor=actor,
+        actor_label=actor_label or (actor.email if actor is not None else "system"),
+        action=action,
+        target_type=type(target).__name__,
+        target_id=str(getattr(target, "pk", "")),
+        reason=reason,
+        metadata=metadata or {},
+    )
+
+
+def _slug_unique(name: str) -> str:
+    base = slugify(name)[:40] or "org"
+    slug = base
+    while Tenant.objects.filter(slug=slug).exists():
+        slug = f"{base}-{secrets.token_hex(3)}"
+    return slug
+
+
+@transaction.atomic
+def tenant_create(*, name: str, owner: User) -> Tenant:
+    """Create an organisation with ``owner`` as its first owner."""
+    tenant = Tenant.objects.create(name=name.strip(), slug=_slug_unique(name))
+    Membership.objects.create(tenant=tenant, user=owner, role=Role.OWNER)
+    audit_record(action="tenant.created", actor=owner, target=tenant, tenant=tenant)
+    return tenant
+
+
+def _tenant_status_set(
+    *, tenant: Tenant, status: Tenant.Status, actor: User | None, reason: str, action: str
+) -> Tenant:
+    with transaction.atomic():
+        locked = Tenant.objects.select_for_update().get(pk=tenant.pk)
+        if locked.status != status:
+            locked.status = status
+            locked.status_reason = reason
+            locked.status_changed_at = timezone.now()
+            locked.save(update_fields=["status", "status_reason", "status_changed_at"])
+            keycache.invalidate()
+            audit_record(action=action, actor=actor, target=locked, tenant=locked, reason=reason)
+    return locked
+
+
+def tenant_suspend(*, tenant: Tenant, actor: User | None, reason: str) -> Tenant:
+    """Suspend a tenant: its keys get 403 and its users see a notice."""
+    return _tenant_status_set(
+        tenant=tenant,
+        status=Tenant.Status.SUSPENDED,
+        actor=actor,
+        reason=reason,
+        action="tenant.suspended",
+    )
+
+
+def tenant_reactivate(*, tenant: Tenant, actor: User | None, reason: str) -> Tenant:
+    return _tenant_status_set(
+        tenant=tenant,
+        status=Tenant.Status.ACTIVE,
+        actor=actor,
+        reason=reason,
+        action="tenant.reactivated",
+    )
+
+
+@transaction.atomic
+def api_key_create(
+    *,
+    tenant: Tenant,
+    actor: User | None,
+    name: str,
+    expires_at: datetime | None = None,
+    allowed_models: list[str] | None = None,
+    monthly_spend_cap_micros: int | None = None,
+) -> tuple[ApiKey, str]:
+    """Create a key and return it with its token. The token is never stored or shown again."""
+    public_id, token = keys.token_generate()
+    key = ApiKey.objects.create(
+        tenant=tenant,
+        name=name.strip(),
+        public_id=public_id,
+        secret_hash=keys.token_hash(token),
+        expires_at=expires_at,
+        allowed_models=sorted(set(allowed_models or [])),
+        monthly_spend_cap_micros=monthly_spend_cap_micros,
+        created_by=actor,
+    )
+    audit_record(
+        action="api_key.created",
+        actor=actor,
+        target=key,
+        tenant=tenant,
+        metadata={"name": key.name, "public_id": public_id},
+    )
+    return key, token
+
+
+@transaction.atomic
+def api_key_revoke(*, key: ApiKey, actor: User | None) -> ApiKey:
+    """Revoke a key at once; the next request with it gets 401."""
+    updated = ApiKey.objects.filter(pk=key.pk, revoked_at__isnull=True).update(
+        revoked_at=timezone.now(), revoked_by=actor
+    )
+    if updated:
+        keycache.invalidate()
+        audit_record(
+            action="api_key.revoked",
+            actor=actor,
+            target=key,
+            tenant=key.tenant,
+            metadata={"name": key.name, "public_id": key.public_id},
+        )
+    key.refresh_from_db(fields=["revoked_at", "revoked_by"])
+    return key
+
+
+def _invitation_token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def invitation_create(*, tenant: Tenant, actor: User, email: str, role: str) -> Invitation:
+    """Invite ``email`` with ``role``, replacing any open invitation to the same address."""
+    token = secrets.token_urlsafe(32)
+    email = User.objects.normalize_email(email).lower()
+    with transaction.atomic():
+        Invitation.objects.filter(
+            tenant=tenant, email=email, accepted_at__isnull=True, revoked_at__isnull=True
+        ).update(revoked_at=timezone.now())
+        invitation = Invitation.objects.create(
+            tenant=tenant,
+            email=email,
+            role=role,
+            token_hash=_invitation_token_hash(token),
+            invited_by=actor,
+            expires_at=timezone.now() + timedelta(days=settings.INVITATION_TTL_DAYS),
+        )
+        audit_record(
+            action="invitation.created",
+            actor=actor,
+            target=invitation,
+            tenant=tenant,
+            metadata={"email": email, "role": role},
+        )
+        url = settings.SITE_URL.rstrip("/") + reverse("portal:invitation_accept", args=[token])
+        body = render_to_string(
+            "email/invitation.txt", {"invitation": invitation, "url": url, "inviter": actor}
+        )
+        transaction.on_commit(
+            lambda: send_mail(
+                subject=f"[Cango] {actor.email} invited you to {tenant.name}",
+                message=body,
+                from_email=None,
+                recipient_list=[email],
+            )
+        )
+    return invitation
+
+
+def invitation_get_open(*, token: str) -> Invitation:
+    """Return the open invitation behind ``token`` or raise ``InvitationInvalid``."""
+    invitation = (
+        Invitation.objects.select_related("tenant")
+        .filter(token_hash=_invitation_token_hash(token))
+        .first()
+    )
+    if (
+        invitation is None
+        or invitation.accepted_at is not None
+        or invitation.revoked_at is not None
+        or invitation.expires_at <= timezone.now()
+    ):
+        raise InvitationInvalid("This invitation link is no longer valid.")
+    return invitation
+
+
+@transaction.atomic
+def invitation_accept(*, token: str, user: User) -> Membership:
+    """Add ``user`` to the invitation's tenant. The address must match the invitation."""
+    invitation = invitation_get_open(token=token)
+    if invitation.email.lower() != user.email.lower():
+        raise InvitationInvalid(
+            f"This invitation is for {invitation.email}; sign in with that address to accept it."
+        )
+    claimed = Invitation.objects.filter(pk=invitation.pk, accepted_at__isnull=True).update(
+        accepted_at=timezone.now(), accepted_by=user
+    )
+    if not claimed:
+        raise InvitationInvalid("This invitation link is no longer valid.")
+    try:
+        with transaction.atomic():
+            membership = Membership.objects.create(
+                tenant=invitation.tenant, user=user, role=invitation.role
+            )
+    except IntegrityError:
+        membership = Membership.objects.get(tenant=invitation.tenant, user=user)
+    audit_record(
+        action="membership.joined",
+        actor=user,
+        target=membership,
+        tenant=invitation.tenant,
+        metadata={"role": membership.role, "invitation": invitation.pk},
+    )
+    return membership
+
+
+@transaction.atomic
+def invitation_revoke(*, invitation: Invitation, actor: User) -> None:
+    updated = Invitation.objects.filter(
+        pk=invitation.pk, accepted_at__isnull=True, revoked_at__isnull=True
+    ).update(revoked_at=timezone.now())
+    if updated:
+        audit_record(
+            action="invitation.revoked",
+            actor=actor,
+            target=invitation,
+            tenant=invitation.tenant,
+            metadata={"email": invitation.email},
+        )
+
+
+def _owner_count_locked(tenant: Tenant) -> int:
+    # Lock the tenant row so two concurrent demotions cannot both see two owners.
+    Tenant.objects.select_for_update().filter(pk=tenant.pk).first()
+    return Membership.objects.filter(tenant=tenant, role=Role.OWNER).count()
+
+
+@transaction.atomic
+def membership_change_role(*, membership: Membership, actor: User, role: str) -> Membership:
+    """Change a member's role; a tenant always keeps at least one owner."""
+    if (
+        membership.role == Role.OWNER
+        and role != Role.OWNER
+        and _owner_count_locked(membership.tenant) <= 1
+    ):
+        raise LastOwnerError("A team needs at least one owner: make someone else owner first.")
+    old_role = membership.role
+    membership.role = role
+    membership.save(update_fields=["role"])
+    audit_record(
+        action="membership.role_changed",
+        actor=actor,
+        target=membership,
+        tenant=membership.tenant,
+        metadata={"user": membership.user.email, "from": old_role, "to": role},
+    )
+    return membership
+
+
+@transaction.atomic
+def membership_remove(*, membership: Membership, actor: User) -> None:
+    """Remove a member (or let one leave); the last owner cannot go."""
+    if membership.role == Role.OWNER and _owner_count_locked(membership.tenant) <= 1:
+        raise LastOwnerError("The last owner cannot leave: make someone else owner first.")
+    audit_record(
+        action="membership.left" if membership.user_id == actor.pk else "membership.removed",
+        actor=actor,
+        target=membership,
+        tenant=membership.tenant,
+        metadata={"user": membership.user.email, "role": membership.role},
+    )
+    membership.delete()

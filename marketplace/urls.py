@@ -1,0 +1,21 @@
+from django.urls import path
+
+from . import views
+
+app_name = "portal"
+
+urlpatterns = [
+    path("", views.dashboard, name="dashboard"),
+    path("models/", views.models_page, name="models"),
+    path("jobs/", views.jobs_page, name="jobs"),
+    path("billing/", views.billing_page, name="billing"),
+    path("keys/", views.api_keys, name="api_keys"),
+    path("keys/<int:pk>/revoke/", views.api_key_revoke, name="api_key_revoke"),
+    path("team/", views.team, name="team"),
+    path("team/members/<int:pk>/role/", views.member_role, name="member_role"),
+    path("team/members/<int:pk>/remove/", views.member_remove, name="member_remove"),
+    path("team/invitations/<int:pk>/revoke/", views.invitation_revoke, name="invitation_revoke"),
+    path("invitations/<str:token>/", views.invitation_accept, name="invitation_accept"),
+    path("onboarding/", views.onboarding, name="onboarding"),
+    path("tenant/switch/", views.tenant_switch, name="tenant_switch"),
+]

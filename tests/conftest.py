@@ -1,0 +1,45 @@
+from dataclasses import dataclass
+
+import pytest
+from rest_framework.test import APIClient
+
+from marketplace.models import ApiKey, Membership, Tenant, User
+from tests.factories import MembershipFactory, api_key_make
+
+
+@dataclass
+class TenantWorld:
+    """A tenant with an owner, a key and an API client authenticated with it."""
+
+    tenant: Tenant
+    owner: User
+    membership: Membership
+    key: ApiKey
+    token: str
+    api: APIClient
+
+
+def _world() -> TenantWorld:
+    membership = MembershipFactory.create()
+    key, token = api_key_make(membership.tenant)
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
+    return TenantWorld(
+        tenant=membership.tenant,
+        owner=membership.user,
+        membership=membership,
+        key=key,
+        token=token,
+        api=api,
+    )
+
+
+@pytest.fixture
+def world(db: None) -> TenantWorld:
+    return _world()
+
+
+@pytest.fixture
+def other_world(db: None) -> TenantWorld:
+    """A second, unrelated tenant: must never see anything of ``world``'s."""
+    return _world()

@@ -1,0 +1,47 @@
+"""factory_boy factories for the project's models."""
+
+from typing import Any
+
+import factory
+from allauth.account.models import EmailAddress
+
+from marketplace import services
+from marketplace.models import ApiKey, Membership, Role, Tenant, User
+
+
+class UserFactory(factory.django.DjangoModelFactory[User]):
+    class Meta:
+        model = User
+        skip_postgeneration_save = True
+
+    email = factory.Sequence(lambda n: f"user{n}@example.com")
+    password = factory.PostGenerationMethodCall("set_password", "correct horse battery")
+
+    @factory.post_generation
+    def verified(obj: User, create: bool, extracted: Any, **kwargs: Any) -> None:
+        if create and extracted is not False:
+            obj.save()
+            EmailAddress.objects.create(user=obj, email=obj.email, verified=True, primary=True)
+
+
+class TenantFactory(factory.django.DjangoModelFactory[Tenant]):
+    class Meta:
+        model = Tenant
+
+    name = factory.Sequence(lambda n: f"Org {n}")
+    slug = factory.Sequence(lambda n: f"org-{n}")
+
+
+class MembershipFactory(factory.django.DjangoModelFactory[Membership]):
+    class Meta:
+        model = Membership
+
+    tenant = factory.SubFactory(TenantFactory)
+    user = factory.SubFactory(UserFactory)
+    role = Role.OWNER
+
+
+def api_key_make(tenant: Tenant, **kwargs: Any) -> tuple[ApiKey, str]:
+    """A key made the way the product makes them, returned with its token."""
+    kwargs.setdefault("name", "test key")
+    return services.api_key_create(tenant=tenant, actor=None, **kwargs)

@@ -1,0 +1,44 @@
+"""Production settings refuse to start without their secrets."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+REQUIRED = {
+    "SECRET_KEY": "x" * 50,
+    "ALLOWED_HOSTS": "api.example.com",
+    "DATABASE_URL": "postgres://u@db.example.com/cango",
+    "REDIS_URL": "redis://redis.example.com:6379/0",
+    "STRIPE_SECRET_KEY": "sk_test_x",
+    "STRIPE_WEBHOOK_SECRET": "whsec_x",
+}
+
+
+def _load(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if k not in REQUIRED and k != "DJANGO_SECRET_KEY"}
+    clean.update(env, DJANGO_SETTINGS_MODULE="config.settings.production")
+    return subprocess.run(
+        [sys.executable, "-c", "import django; django.setup(); print('ok')"],
+        env=clean,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+
+
+def test_production_settings_load_with_every_secret():
+    result = _load(REQUIRED)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+
+
+@pytest.mark.parametrize("missing", sorted(REQUIRED))
+def test_production_settings_refuse_a_missing_secret(missing):
+    env = {k: v for k, v in REQUIRED.items() if k != missing}
+    result = _load(env)
+    assert result.returncode != 0
+    assert "ImproperlyConfigured" in result.stderr
+    assert missing in result.stderr
