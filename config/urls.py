@@ -1,6 +1,7 @@
 from django.contrib import admin
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
+from django.template.loader import render_to_string
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
@@ -37,7 +38,8 @@ def handler403(request: HttpRequest, exception: Exception | None = None) -> Http
 def handler500(request: HttpRequest) -> HttpResponse:
     if _is_api(request):
         return json_error_response(request, 500, "Internal error; quote the request id.")
-    return render(request, "errors/500.html", status=500)
+    # No request context: the page must render even when the database or sessions are down.
+    return HttpResponse(render_to_string("errors/500.html"), status=500)
 
 
 def handler400(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:

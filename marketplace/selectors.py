@@ -1,6 +1,6 @@
 """Reads for tenants, members and keys. Tenant-scoped reads take ``tenant`` first."""
 
-from django.db.models import QuerySet
+from django.db.models import F, QuerySet
 
 from .models import ApiKey, AuditEvent, Invitation, Membership, Tenant, User
 
@@ -20,7 +20,9 @@ def memberships_for_user(*, user: User) -> QuerySet[Membership]:
 
 
 def api_keys_list(*, tenant: Tenant) -> QuerySet[ApiKey]:
-    return ApiKey.objects.filter(tenant=tenant).order_by("revoked_at", "-created_at")
+    return ApiKey.objects.filter(tenant=tenant).order_by(
+        F("revoked_at").asc(nulls_first=True), "-created_at"
+    )
 
 
 def members_list(*, tenant: Tenant) -> QuerySet[Membership]:

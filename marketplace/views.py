@@ -165,23 +165,23 @@ def team(request: PortalRequest) -> HttpResponse:
     tenant = request.tenant
     membership: Membership = request.membership
     form = InviteForm(request.POST or None)
+    if not role_allows(membership.role, Permission.MANAGE_MEMBERS):
+        # Only owners may make owners; admins are not offered the choice.
+        form.fields["role"].choices = [c for c in Role.choices if c[0] != Role.OWNER]  # type: ignore[attr-defined]
     status = 200
     if request.method == "POST":
         if not role_allows(membership.role, Permission.INVITE_MEMBERS):
             return render(request, "errors/403.html", status=403)
         if form.is_valid():
             role = form.cleaned_data["role"]
-            if role == Role.OWNER and not role_allows(membership.role, Permission.MANAGE_MEMBERS):
-                form.add_error("role", "Only owners can invite owners.")
-            else:
-                services.invitation_create(
-                    tenant=tenant,
-                    actor=request.user,
-                    email=form.cleaned_data["email"],
-                    role=role,
-                )
-                messages.success(request, f"Invitation sent to {form.cleaned_data['email']}.")
-                return redirect("portal:team")
+            services.invitation_create(
+                tenant=tenant,
+                actor=request.user,
+                email=form.cleaned_data["email"],
+                role=role,
+            )
+            messages.success(request, f"Invitation sent to {form.cleaned_data['email']}.")
+            return redirect("portal:team")
         status = 400
     return render(
         request,
@@ -251,7 +251,8 @@ def member_remove(request: PortalRequest, pk: int) -> HttpResponse:
             messages.success(request, f"{membership.user.email} was removed.")
 
     response = _member_action(request, pk, remove)
-    return redirect("portal:dashboard") if leaving else response
+    left = leaving and not Membership.objects.filter(pk=pk).exists()
+    return redirect("portal:dashboard") if left else response
 
 
 @require_POST
