@@ -6,6 +6,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from marketplace.api.errors import json_error_response
+from marketplace.api.inference import ServerMetadataView
 from marketplace.views import SignupView
 
 urlpatterns = [
@@ -15,6 +16,8 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
     path("v1/", include(("marketplace.api.urls", "api"), namespace="v1")),
+    path("v2", ServerMetadataView.as_view(), name="v2-server-metadata"),
+    path("v2/", include(("marketplace.api.v2_urls", "v2"), namespace="v2")),
     path("", include("marketplace.urls")),
 ]
 

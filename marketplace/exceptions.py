@@ -5,6 +5,7 @@ class DomainError(Exception):
     """Base of the errors a caller can act on. ``code`` is the API's error code."""
 
     code = "invalid_request"
+    status = 400
 
     def __init__(self, message: str, *, field: str | None = None) -> None:
         super().__init__(message)
@@ -22,3 +23,28 @@ class InvitationInvalid(DomainError):
 
 class PermissionDenied(DomainError):
     code = "permission_denied"
+
+
+class ModelNotFound(DomainError):
+    code = "model_not_found"
+    status = 404
+
+
+class ModelNotAllowed(DomainError):
+    code = "model_not_allowed"
+    status = 403
+
+
+class CostUnbounded(DomainError):
+    code = "cost_unbounded"
+    status = 422
+
+
+class JobConflict(DomainError):
+    code = "idempotency_conflict"
+    status = 409
+
+
+class JobNotCancelable(DomainError):
+    code = "job_not_cancelable"
+    status = 409

@@ -3,8 +3,18 @@ from dataclasses import dataclass
 import pytest
 from rest_framework.test import APIClient
 
+from marketplace import catalog, keycache
 from marketplace.models import ApiKey, Membership, Tenant, User
 from tests.factories import MembershipFactory, api_key_make
+from workers import routing
+
+
+@pytest.fixture(autouse=True)
+def _process_caches_cleared() -> None:
+    """Per-process caches must not carry rows from one test's database into the next."""
+    catalog.cache_clear()
+    routing.reset()
+    keycache._entries.clear()
 
 
 @dataclass

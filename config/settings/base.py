@@ -192,6 +192,8 @@ API_KEY_LAST_USED_RESOLUTION_SECONDS: int = env.int(
 # How long a web process may reuse a key it has looked up; revocations and
 # suspensions still take effect at once (see marketplace/keycache.py).
 API_KEY_CACHE_SECONDS: int = env.int("API_KEY_CACHE_SECONDS", default=30)
+# How long a web process may reuse a catalog entry (price, visibility, schema).
+CATALOG_CACHE_SECONDS: int = env.int("CATALOG_CACHE_SECONDS", default=5)
 INVITATION_TTL_DAYS: int = env.int("INVITATION_TTL_DAYS", default=7)
 
 # Celery: JSON only, UTC, every task bounded in time, acknowledged after it ran so a
@@ -210,6 +212,18 @@ CELERY_TASK_TIME_LIMIT: int = env.int("CELERY_TASK_TIME_LIMIT", default=90)
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_DEFAULT_QUEUE = "default"
+CELERY_BEAT_SCHEDULE = {
+    "health-check": {
+        "task": "workers.health_check",
+        "schedule": env.float("HEALTH_CHECK_INTERVAL_SECONDS", default=2.0),
+        "options": {"queue": "default", "expires": 5},
+    },
+    "jobs-reap": {
+        "task": "workers.jobs_reap",
+        "schedule": 5.0,
+        "options": {"queue": "default", "expires": 10},
+    },
+}
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     # An unacknowledged message returns to the queue after this long; it must exceed
     # the hard time limit of every task, or a long task would run twice.
@@ -221,7 +235,27 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
 STRIPE_SECRET_KEY: str = env.str("STRIPE_SECRET_KEY", default="")
 STRIPE_WEBHOOK_SECRET: str = env.str("STRIPE_WEBHOOK_SECRET", default="")
 STRIPE_API_BASE: str = env.str("STRIPE_API_BASE", default="")
-TRITON_REQUEST_TIMEOUT_SECONDS: float = env.float("TRITON_REQUEST_TIMEOUT_SECONDS", default=30.0)
+# Sync inference: the whole request's deadline, the body size and element limits.
+INFER_TIMEOUT_SECONDS: float = env.float("INFER_TIMEOUT_SECONDS", default=30.0)
+INFER_MAX_BODY_BYTES: int = env.int("INFER_MAX_BODY_BYTES", default=8 * 1024 * 1024)
+INFER_MAX_ELEMENTS: int = env.int("INFER_MAX_ELEMENTS", default=1_000_000)
+DATA_UPLOAD_MAX_MEMORY_SIZE = INFER_MAX_BODY_BYTES
+# Async jobs: largest stored output, and how long a worker holds a running job
+# before another may take it over (must exceed INFER_TIMEOUT_SECONDS).
+JOB_MAX_OUTPUT_BYTES: int = env.int("JOB_MAX_OUTPUT_BYTES", default=1024 * 1024)
+JOB_LEASE_SECONDS: int = env.int("JOB_LEASE_SECONDS", default=60)
+JOB_MAX_ATTEMPTS: int = env.int("JOB_MAX_ATTEMPTS", default=5)
+# A queued job whose message has not been picked up for this long is enqueued again
+# (its site's workers may be gone, or Redis lost the message); after JOB_EXPIRE_SECONDS
+# in the queue it expires.
+JOB_REQUEUE_SECONDS: int = env.int("JOB_REQUEUE_SECONDS", default=30)
+JOB_EXPIRE_SECONDS: int = env.int("JOB_EXPIRE_SECONDS", default=3600)
+WEBHOOK_TIMEOUT_SECONDS: float = env.float("WEBHOOK_TIMEOUT_SECONDS", default=10.0)
+WEBHOOK_MAX_ATTEMPTS: int = env.int("WEBHOOK_MAX_ATTEMPTS", default=6)
+# Job webhooks may target private and loopback addresses only where this is true
+# (development and tests); in production it guards against SSRF.
+WEBHOOK_ALLOW_PRIVATE_NETWORKS: bool = env.bool("WEBHOOK_ALLOW_PRIVATE_NETWORKS", default=True)
+
 
 LOG_LEVEL: str = env.str("LOG_LEVEL", default="INFO")
 LOGGING = {
@@ -237,5 +271,9 @@ LOGGING = {
         }
     },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    "loggers": {
+        # Django's own console handler would print every django.* line a second time.
+        "django": {"handlers": [], "level": LOG_LEVEL, "propagate": True},
+        "django.db.backends": {"level": "WARNING"},
+    },
 }

@@ -8,12 +8,15 @@ from typing import Any
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.http import Http404, HttpRequest, JsonResponse
-from rest_framework import exceptions, status
+from rest_framework import exceptions
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from marketplace.exceptions import DomainError
 from marketplace.logging import request_id_var
+from workers.dispatch import NoHealthySite, SitesUnavailable
+from workers.kserve import KServeError
+from workers.triton import TritonRejected
 
 _DEFAULT_CODES = {
     400: "invalid_request",
@@ -61,11 +64,42 @@ def _first_field_error(detail: Any, prefix: str = "") -> tuple[str | None, str]:
     return (prefix or None), str(detail)
 
 
+def _inference_error(exc: Exception) -> Response | None:
+    """Errors of the routing library and the tensor codec, in the API's vocabulary."""
+    if isinstance(exc, KServeError):
+        return Response(
+            error_body(status_code=exc.status, message=exc.message, code=exc.code, field=exc.field),
+            status=exc.status,
+        )
+    if isinstance(exc, NoHealthySite | SitesUnavailable):
+        code = "no_healthy_site" if isinstance(exc, NoHealthySite) else "sites_unavailable"
+        if isinstance(exc, SitesUnavailable) and exc.busy:
+            code = "overloaded"
+        return Response(
+            error_body(status_code=503, message=str(exc), code=code),
+            status=503,
+            headers={"Retry-After": str(exc.retry_after_seconds)},
+        )
+    if isinstance(exc, TritonRejected):
+        return Response(
+            error_body(
+                status_code=400,
+                message=f"The model refused the input: {exc.message}",
+                code="inference_rejected",
+            ),
+            status=400,
+        )
+    return None
+
+
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    inference_response = _inference_error(exc)
+    if inference_response is not None:
+        return inference_response
     if isinstance(exc, DomainError):
         return Response(
-            error_body(status_code=400, message=exc.message, code=exc.code, field=exc.field),
-            status=status.HTTP_400_BAD_REQUEST,
+            error_body(status_code=exc.status, message=exc.message, code=exc.code, field=exc.field),
+            status=exc.status,
         )
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()

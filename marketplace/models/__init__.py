@@ -1,4 +1,6 @@
 from .audit import AuditEvent
+from .catalog import CatalogModel
+from .jobs import Job, WebhookDelivery
 from .keys import ApiKey
 from .tenants import Invitation, Membership, Role, Tenant, TenantOwnedModel
 from .users import User
@@ -6,10 +8,13 @@ from .users import User
 __all__ = [
     "ApiKey",
     "AuditEvent",
+    "CatalogModel",
     "Invitation",
+    "Job",
     "Membership",
     "Role",
     "Tenant",
     "TenantOwnedModel",
     "User",
+    "WebhookDelivery",
 ]

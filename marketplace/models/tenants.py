@@ -1,8 +1,14 @@
+import secrets
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
+
+
+def webhook_secret_generate() -> str:
+    return "whsec_" + secrets.token_urlsafe(32)
+
 
 class Tenant(models.Model):
     """A customer organisation. Every tenant-owned row points here."""
@@ -16,6 +22,14 @@ class Tenant(models.Model):
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
     status_reason = models.CharField(max_length=500, blank=True)
     status_changed_at = models.DateTimeField(null=True, blank=True)
+    region_pin = models.CharField(
+        max_length=40, blank=True, help_text="Run this tenant's work only in this region."
+    )
+    webhook_secret = models.CharField(
+        max_length=64,
+        default=webhook_secret_generate,
+        help_text="Signs job-completion webhooks (HMAC-SHA256).",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -1,0 +1,252 @@
+"""Integration fixtures: real tritonserver sites, real Celery worker processes.
+
+Sites and workers start once per session (the sites take ~5 s with the real
+embedding model). Tests that use them run with ``transaction=True`` so the worker
+processes see committed rows; each test registers the sites into the (flushed)
+database again, which takes a few HTTP calls.
+"""
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.conf import settings
+from django.db import connection
+
+from config.redis_client import redis_client
+from deploy import triton as triton_launcher
+from deploy.triton import SiteProcess
+from workers import health, routing, services
+
+ROOT = Path(__file__).resolve().parents[2]
+SMALL_MODELS = ["echo", "classifier", "text_upper", "counter_int64", "slow"]
+SLOW_DELAY_MS = 300
+# Short leases and requeue delays so tests of lost workers finish in seconds.
+WORKER_ENV = {
+    "JOB_LEASE_SECONDS": "6",
+    "JOB_REQUEUE_SECONDS": "4",
+    "HEALTH_CHECK_INTERVAL_SECONDS": "1",
+}
+
+
+def catalog_defaults() -> dict[str, services.ModelDefaults]:
+    return services.defaults_load(str(ROOT / "deploy" / "catalog.json"))
+
+
+@pytest.fixture(scope="session")
+def triton_workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("triton")
+
+
+@pytest.fixture(scope="session")
+def sites(triton_workdir: Path) -> Iterator[list[SiteProcess]]:
+    """Two sites: both serve the small models, the first also the real MiniLM model."""
+    env = triton_launcher.tritonserver_env()
+    env["CANGO_SLOW_DELAY_MS"] = str(SLOW_DELAY_MS)
+    started = triton_launcher.sites_start(
+        2, [[*SMALL_MODELS, "minilm"], SMALL_MODELS], triton_workdir, slug_prefix="it", env=env
+    )
+    yield started
+    triton_launcher.sites_stop(started)
+
+
+def register(site: SiteProcess, *, region: str = "us-tx", power: str = "30") -> None:
+    from decimal import Decimal
+
+    services.server_register(
+        site_slug=site.slug,
+        http_url=site.http_url,
+        grpc_url=site.grpc_url,
+        metrics_url=site.metrics_url,
+        region=region,
+        power_price_usd_per_mwh=Decimal(power),
+        defaults=catalog_defaults(),
+    )
+
+
+@pytest.fixture
+def registered(sites: list[SiteProcess], transactional_db: None) -> list[SiteProcess]:
+    """Both sites in the catalog and in rotation (health checked once)."""
+    for index, site in enumerate(sites):
+        register(site, power=str(30 + 10 * index))
+    routing.reset()
+    health.servers_check()
+    routing.refresh(force=True)
+    return sites
+
+
+def _database_url() -> str:
+    params = connection.settings_dict
+    host = params.get("HOST") or "127.0.0.1"
+    port = params.get("PORT") or 5432
+    user = params.get("USER") or "postgres"
+    password = params.get("PASSWORD")
+    auth = f"{user}:{password}" if password else user
+    if host.startswith("/"):
+        return f"postgres://{auth}@/{params['NAME']}?host={host}&port={port}"
+    return f"postgres://{auth}@{host}:{port}/{params['NAME']}"
+
+
+@dataclass
+class CeleryProcess:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group, as a crash would."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.popen.pid, signal.SIGKILL)
+        self.popen.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            os.killpg(self.popen.pid, signal.SIGTERM)
+            try:
+                self.popen.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+class CeleryCluster:
+    """Real ``celery worker`` / ``celery beat`` processes against the test database."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.processes: dict[str, CeleryProcess] = {}
+        self.env = {
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "config.settings.test",
+            "DATABASE_URL": _database_url(),
+            "REDIS_URL": settings.REDIS_URL,
+            "PYTHONUNBUFFERED": "1",
+            **WORKER_ENV,
+        }
+
+    def start_worker(
+        self, name: str, queue: str, site: str = "", concurrency: int = 2
+    ) -> CeleryProcess:
+        log = self.workdir / f"{name}.log"
+        argv = [
+            str(Path(sys.executable).with_name("celery")),
+            "-A",
+            "config",
+            "worker",
+            "-Q",
+            queue,
+            "-n",
+            f"{name}@%h",
+            "--concurrency",
+            str(concurrency),
+            "--loglevel",
+            "INFO",
+            "--without-gossip",
+            "--without-mingle",
+        ]
+        env = {**self.env, "CANGO_WORKER_SITE": site}
+        popen = subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            env=env,
+            stdout=log.open("wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        process = CeleryProcess(name, popen, log)
+        self.processes[name] = process
+        self._wait_ready(process)
+        return process
+
+    def start_beat(self) -> CeleryProcess:
+        log = self.workdir / "beat.log"
+        argv = [
+            str(Path(sys.executable).with_name("celery")),
+            "-A",
+            "config",
+            "beat",
+            "--loglevel",
+            "INFO",
+            "--schedule",
+            str(self.workdir / "beat-schedule"),
+        ]
+        popen = subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            env=self.env,
+            stdout=log.open("wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        process = CeleryProcess("beat", popen, log)
+        self.processes["beat"] = process
+        return process
+
+    def _wait_ready(self, process: CeleryProcess, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if process.popen.poll() is not None:
+                raise RuntimeError(f"{process.name} exited:\n{process.log.read_text()[-3000:]}")
+            if "ready." in process.log.read_text(errors="replace"):
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"{process.name} not ready:\n{process.log.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            process.stop()
+
+
+def _purge_queues(names: list[str]) -> None:
+    client = redis_client()
+    client.delete(*names, routing.HEALTH_KEY, "unacked", "unacked_index")
+
+
+@pytest.fixture(scope="session")
+def celery_cluster(
+    sites: list[SiteProcess], django_db_setup: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[CeleryCluster]:
+    """One worker per site queue, one for ``default``, and beat (health checks, reaper)."""
+    _purge_queues(["default", *(f"site.{s.slug}" for s in sites)])
+    cluster = CeleryCluster(tmp_path_factory.mktemp("celery"))
+    try:
+        cluster.start_worker("default", "default")
+        for site in sites:
+            cluster.start_worker(site.slug, f"site.{site.slug}", site=site.slug)
+        cluster.start_beat()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout} s")
+
+
+def metrics_totals(site: SiteProcess) -> int:
+    """Requests this site has answered or failed, from its Prometheus metrics."""
+    result = triton_launcher.http_get(site.metrics_url)
+    assert result is not None
+    total = 0
+    for line in result[1].decode().splitlines():
+        if line.startswith(("nv_inference_request_success{", "nv_inference_request_failure{")):
+            total += int(float(line.rsplit(" ", 1)[1]))
+    return total
+
+
+def json_dumps(value: object) -> bytes:
+    return json.dumps(value).encode()

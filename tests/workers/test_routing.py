@@ -1,0 +1,145 @@
+"""The routing score and candidate ranking: pure functions, no services."""
+
+import time
+
+from workers import routing
+from workers.routing import Candidate, ServerHealth
+from workers.triton import Endpoint
+
+
+def _candidate(
+    server_id: int,
+    *,
+    site: str = "a",
+    region: str = "us",
+    power: float = 30.0,
+    capacity: int = 8,
+    model: str = "echo",
+) -> Candidate:
+    return Candidate(
+        deployment_id=server_id,
+        server_id=server_id,
+        site_slug=site,
+        region=region,
+        power_usd_per_mwh=power,
+        max_concurrency=capacity,
+        triton_model_name=model,
+        triton_model_version="",
+        endpoint=Endpoint(server_id, "127.0.0.1", 9000 + server_id),
+    )
+
+
+def _health(
+    *,
+    healthy: bool = True,
+    queue: int = 0,
+    latency: float = 1.0,
+    ready: tuple[str, ...] = ("echo",),
+    age: float = 0.0,
+) -> ServerHealth:
+    return ServerHealth(
+        healthy=healthy,
+        ready_models=frozenset(ready),
+        queue_depth={"echo": queue},
+        latency_ms=latency,
+        checked_at=time.time() - age,
+    )
+
+
+def _rank(
+    candidates,
+    health,
+    *,
+    in_flight=None,
+    breaker_open=frozenset(),
+    region_pin="",
+    exclude=frozenset(),
+):
+    return routing.candidates_rank(
+        candidates,
+        health,
+        in_flight=in_flight or {},
+        breaker_open=set(breaker_open),
+        region_pin=region_pin,
+        exclude=frozenset(exclude),
+        now=time.time(),
+    )
+
+
+def test_load_outranks_latency_and_latency_outranks_power():
+    busy_fast_cheap = _candidate(1, power=10)
+    idle_slow_dear = _candidate(2, power=120)
+    ranked = _rank(
+        [busy_fast_cheap, idle_slow_dear],
+        {1: _health(queue=4, latency=0.5), 2: _health(queue=0, latency=40.0)},
+    )
+    assert [c.server_id for c in ranked] == [2, 1]
+
+    fast_dear, slow_cheap = _candidate(1, power=120), _candidate(2, power=10)
+    ranked = _rank([fast_dear, slow_cheap], {1: _health(latency=2.0), 2: _health(latency=8.0)})
+    assert [c.server_id for c in ranked] == [1, 2]
+
+    dear, cheap = _candidate(1, power=90), _candidate(2, power=20)
+    ranked = _rank([dear, cheap], {1: _health(latency=3.0), 2: _health(latency=3.0)})
+    assert [c.server_id for c in ranked] == [2, 1]
+
+
+def test_in_flight_counts_against_capacity():
+    small, large = _candidate(1, capacity=2), _candidate(2, capacity=16)
+    ranked = _rank([small, large], {1: _health(), 2: _health()}, in_flight={1: 2, 2: 2})
+    assert [c.server_id for c in ranked] == [2, 1]
+
+
+def test_unhealthy_not_ready_open_breaker_and_excluded_are_left_out():
+    candidates = [_candidate(i) for i in range(1, 6)]
+    health = {
+        1: _health(healthy=False),
+        2: _health(ready=("other",)),
+        3: _health(),
+        4: _health(),
+        5: _health(),
+    }
+    ranked = _rank(candidates, health, breaker_open={3}, exclude={4})
+    assert [c.server_id for c in ranked] == [5]
+
+
+def test_unknown_or_stale_health_is_usable_but_last():
+    known, unknown, stale = _candidate(1, power=90), _candidate(2), _candidate(3)
+    ranked = _rank(
+        [unknown, stale, known],
+        {1: _health(queue=1, latency=20.0), 3: _health(age=routing.HEALTH_STALE_SECONDS + 1)},
+    )
+    assert ranked[0].server_id == 1
+    assert {c.server_id for c in ranked[1:]} == {2, 3}
+
+
+def test_region_pin_keeps_only_that_region():
+    us, eu = _candidate(1, region="us"), _candidate(2, region="eu")
+    assert [c.server_id for c in _rank([us, eu], {}, region_pin="eu")] == [2]
+    assert _rank([us], {}, region_pin="eu") == []
+
+
+def test_score_formula():
+    assert (
+        routing.deployment_score(
+            queue_depth=2,
+            in_flight=2,
+            max_concurrency=8,
+            latency_ms=3.0,
+            power_usd_per_mwh=50.0,
+            health_known=True,
+        )
+        == 500.0 + 3.0 + 0.5
+    )
+
+
+def test_breaker_opens_after_consecutive_failures_and_a_success_closes_it(monkeypatch):
+    routing.reset()
+    for _ in range(routing.BREAKER_THRESHOLD - 1):
+        routing.breaker_record(7, ok=False)
+    assert routing._state.breakers[7].open_until == 0.0
+    routing.breaker_record(7, ok=False)
+    assert routing._state.breakers[7].open_until > time.monotonic()
+    routing.breaker_record(7, ok=True)
+    assert routing._state.breakers[7].open_until == 0.0
+    routing.reset()

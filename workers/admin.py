@@ -1,0 +1,60 @@
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+
+from . import services
+from .models import Deployment, Site, TritonServer
+
+
+class TritonServerInline(admin.TabularInline[TritonServer, Site]):
+    model = TritonServer
+    extra = 0
+    fields = ("name", "http_url", "grpc_url", "metrics_url", "enabled")
+
+
+@admin.register(Site)
+class SiteAdmin(admin.ModelAdmin[Site]):
+    list_display = ("slug", "name", "region", "status", "power_price_usd_per_mwh", "gpu_capacity")
+    list_filter = ("status", "region")
+    search_fields = ("slug", "name", "region")
+    inlines = (TritonServerInline,)
+    readonly_fields = ("status",)
+    actions = ("make_active", "make_draining", "make_offline")
+
+    def _set(self, request: HttpRequest, queryset: QuerySet[Site], status: str) -> None:
+        for site in queryset:
+            services.site_status_set(site=site, status=status, actor=request.user)  # type: ignore[arg-type]
+        self.message_user(request, f"{queryset.count()} site(s) now {status}.", messages.SUCCESS)
+
+    @admin.action(description="Set active (takes new work)")
+    def make_active(self, request: HttpRequest, queryset: QuerySet[Site]) -> None:
+        self._set(request, queryset, Site.Status.ACTIVE)
+
+    @admin.action(description="Set draining (no new work; running work finishes)")
+    def make_draining(self, request: HttpRequest, queryset: QuerySet[Site]) -> None:
+        self._set(request, queryset, Site.Status.DRAINING)
+
+    @admin.action(description="Set offline")
+    def make_offline(self, request: HttpRequest, queryset: QuerySet[Site]) -> None:
+        self._set(request, queryset, Site.Status.OFFLINE)
+
+
+@admin.register(TritonServer)
+class TritonServerAdmin(admin.ModelAdmin[TritonServer]):
+    list_display = ("__str__", "http_url", "enabled")
+    list_filter = ("enabled", "site")
+    list_select_related = ("site",)
+
+
+@admin.register(Deployment)
+class DeploymentAdmin(admin.ModelAdmin[Deployment]):
+    list_display = (
+        "model",
+        "server",
+        "triton_model_name",
+        "triton_model_version",
+        "max_concurrency",
+        "enabled",
+    )
+    list_filter = ("enabled", "server__site")
+    list_select_related = ("model", "server__site")

@@ -1,0 +1,47 @@
+"""Celery entry points: each loads ids and calls one service.
+
+Queues: ``default`` (health checks, the reaper, webhooks) and one ``site.<slug>``
+per site (jobs to run at that site; its workers run next to its Triton servers).
+"""
+
+import logging
+import os
+
+from celery import shared_task
+
+from . import health, jobs, webhooks
+
+logger = logging.getLogger(__name__)
+
+
+@shared_task(name="workers.health_check", acks_late=False, expires=5, ignore_result=True)
+def health_check() -> None:
+    results = health.servers_check()
+    unhealthy = [sid for sid, snap in results.items() if not snap["healthy"]]
+    if unhealthy:
+        logger.warning("unhealthy servers", extra={"servers": unhealthy})
+
+
+@shared_task(name="workers.jobs_reap", acks_late=False, expires=10, ignore_result=True)
+def jobs_reap() -> None:
+    jobs.jobs_reap()
+
+
+@shared_task(
+    name="workers.job_run",
+    acks_late=True,
+    reject_on_worker_lost=True,
+    ignore_result=True,
+)
+def job_run(job_id: int) -> str:
+    """Run one job at this worker's site (``CANGO_WORKER_SITE``)."""
+    result = jobs.job_run(job_id=job_id, worker_site=os.environ.get("CANGO_WORKER_SITE", ""))
+    logger.info(
+        "job run", extra={"job": job_id, "outcome": result.outcome, "site": result.site_slug}
+    )
+    return result.outcome
+
+
+@shared_task(name="workers.webhook_deliver", acks_late=True, ignore_result=True)
+def webhook_deliver(job_id: int, attempt: int) -> None:
+    webhooks.deliver(job_id, attempt)
