@@ -12,37 +12,29 @@ Target (issue 2): the key check adds at most 1 ms at p50.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-import django
-import psycopg
+from bench.harness import (
+    Request,
+    database_prepare,
+    granian,
+    median,
+    percentile,
+    sequential,
+    throughput,
+)
 
-from bench.harness import Request, granian, median, percentile, sequential, throughput
 
-BENCH_DB = "cango_bench"
-
-
-def _prepare(database_url: str) -> str:
-    """Create and migrate the bench database, seed a tenant and key; return the token."""
-    admin_url = database_url.rsplit("/", 1)[0] + "/postgres"
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [BENCH_DB]).fetchone()
-        if not exists:
-            conn.execute(f'CREATE DATABASE "{BENCH_DB}"')
-    os.environ["DATABASE_URL"] = database_url.rsplit("/", 1)[0] + "/" + BENCH_DB
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.dev")
-    django.setup()
-    from django.core.management import call_command
-
+def _prepare() -> tuple[dict[str, str], str]:
+    """The bench database with a tenant and a key; the child env and the key's token."""
+    env = database_prepare()
     from marketplace import services
     from marketplace.models import User
 
-    call_command("migrate", verbosity=0)
     owner, _ = User.objects.get_or_create(email="bench@cango.local")
     tenant = services.tenant_create(name="Bench", owner=owner)
     _, token = services.api_key_create(tenant=tenant, actor=owner, name="bench")
-    return token
+    return env, token
 
 
 def main() -> None:
@@ -53,14 +45,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8)
     args = parser.parse_args()
 
-    database_url = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/cango")
-    token = _prepare(database_url)
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "config.settings.dev",
-        "DJANGO_DEBUG": "false",
-        "LOG_LEVEL": "WARNING",
-    }
+    env, token = _prepare()
     trivial = Request("GET", "/v1/health/live", {})
     me = Request("GET", "/v1/me", {"Authorization": f"Bearer {token}"})
 

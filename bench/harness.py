@@ -24,6 +24,36 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
+BENCH_DB = "cango_bench"
+
+
+def database_prepare() -> dict[str, str]:
+    """Create and migrate the bench database, set up Django here; return the child env.
+
+    Uses the PostgreSQL of ``DATABASE_URL`` (default: the local server) with its own
+    database, so benchmarks never touch the demo's or the tests' data.
+    """
+    import django
+    import psycopg
+
+    database_url = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/cango")
+    server = database_url.rsplit("/", 1)[0]
+    with psycopg.connect(server + "/postgres", autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [BENCH_DB]).fetchone()
+        if not exists:
+            conn.execute(f'CREATE DATABASE "{BENCH_DB}"')
+    os.environ["DATABASE_URL"] = f"{server}/{BENCH_DB}"
+    os.environ["DJANGO_SETTINGS_MODULE"] = "config.settings.dev"
+    os.environ["DJANGO_DEBUG"] = "false"
+    os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/2")
+    os.environ["LOG_LEVEL"] = "WARNING"
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+    return dict(os.environ)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -1,11 +1,22 @@
 """The Celery application. Settings live in Django settings under ``CELERY_*``."""
 
 import os
+from typing import Any
 
 from celery import Celery
+from celery.signals import task_postrun, task_prerun
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.dev")
 
 app = Celery("cango")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+
+@task_prerun.connect
+@task_postrun.connect
+def _database_connections_tidy(**kwargs: Any) -> None:
+    """Drop connections that are broken or too old, keep the rest (like a request does)."""
+    from django.db import close_old_connections
+
+    close_old_connections()

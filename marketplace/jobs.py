@@ -52,15 +52,17 @@ def _json_only(request: dict[str, Any]) -> dict[str, Any]:
     return request
 
 
-def enqueue(job: Job, site_slug: str, *, countdown: float = 0) -> None:
+def enqueue(job: Job, site_slug: str, *, countdown: float = 0, mark: bool = True) -> None:
     """Put the job's id on ``site.<slug>``; called after commit.
 
-    If the broker is down the job stays queued in PostgreSQL and the reaper enqueues
-    it again later, so the error is logged, not raised.
+    ``mark`` records the time and site on the row first (a new job already carries
+    them from its INSERT). If the broker is down the job stays queued in PostgreSQL
+    and the reaper enqueues it again later, so the error is logged, not raised.
     """
     from workers.tasks import job_run  # tasks import marketplace services
 
-    Job.objects.filter(pk=job.pk).update(enqueued_at=timezone.now(), site_slug=site_slug)
+    if mark:
+        Job.objects.filter(pk=job.pk).update(enqueued_at=timezone.now(), site_slug=site_slug)
     try:
         job_run.apply_async(args=(job.pk,), queue=f"site.{site_slug}", countdown=countdown)
     except Exception:
@@ -117,8 +119,9 @@ def job_submit(
                 webhook_url=webhook_url,
                 max_cost_micros=pricing.cost_micros(model, bound),
                 site_slug=site_slug,
+                enqueued_at=timezone.now(),
             )
-            transaction.on_commit(lambda: enqueue(job, site_slug))
+            transaction.on_commit(lambda: enqueue(job, site_slug, mark=False))
     except IntegrityError:
         # Two submissions with one idempotency key raced; the other one won.
         existing = (

@@ -277,3 +277,7 @@ LOGGING = {
         "django.db.backends": {"level": "WARNING"},
     },
 }
+# Celery's Django fixup closes the database connection around every task unless
+# this is set; reconnecting costs more than a job. config/celery.py instead closes
+# connections that are broken or past DATABASE_CONN_MAX_AGE, as Django does per request.
+CELERY_DB_REUSE_MAX = 1_000_000
