@@ -163,9 +163,7 @@ def _async_latency(port: int, token: str, model: str, count: int) -> list[float]
             time.sleep(0.002)
         ids.append(job_id)
     jobs = Job.objects.filter(public_id__in=ids)
-    return [
-        (j.finished_at - j.created_at).total_seconds() * 1000 for j in jobs if j.finished_at
-    ]
+    return [(j.finished_at - j.created_at).total_seconds() * 1000 for j in jobs if j.finished_at]
 
 
 def _async_throughput(port: int, token: str, model: str, clients: int, per_client: int) -> float:
