@@ -5,3 +5,6 @@ class MarketplaceConfig(AppConfig):
     name = "marketplace"
     verbose_name = "Marketplace"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from . import receivers  # noqa: F401 - connects signal receivers

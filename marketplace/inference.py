@@ -1,23 +1,30 @@
-"""Sync inference: validate, price, route and run one request in the web process.
+"""Sync inference: validate, price, reserve, route and run one request in the web process.
 
 Nothing reaches a site before the request has been checked against the model's
-metadata and its worst-case cost is known. The order matters for billing: the
-bound is computed before dispatch (the reservation) and the usage after (the charge).
+metadata and its worst-case cost is held against the tenant's credit (and the
+key's monthly cap). After the call the actual cost is settled — ledger entry,
+meter-event outbox row and balance in one statement — and the rest released; a
+call that fails is released without charge.
 """
 
 import json
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 from django.conf import settings
 
+from billing import ledger
 from workers import kserve
-from workers.dispatch import dispatch
+from workers.dispatch import Dispatched, dispatch
 
 from . import catalog, pricing
 from .exceptions import DomainError
 from .models import ApiKey, CatalogModel, Tenant
 from .pricing import Usage
+
+Unit = CatalogModel.PricingUnit
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,26 +70,78 @@ def _with_usage_output(
     return encoded + body[parsed.binary_offset :], len(encoded)
 
 
-def _units(
-    model: CatalogModel,
-    *,
-    input_elements: int,
-    response_body: bytes,
-    response_hl: str | None,
-    elapsed_us: int,
-) -> int:
-    unit = CatalogModel.PricingUnit(model.pricing_unit)
-    if unit == CatalogModel.PricingUnit.REQUEST:
-        return 1
-    if unit == CatalogModel.PricingUnit.THOUSAND_INPUT_ELEMENTS:
-        return input_elements
-    if unit == CatalogModel.PricingUnit.GPU_SECOND:
-        return elapsed_us
-    outputs = kserve.response_parse(response_body, int(response_hl) if response_hl else None)
+def _response_header_length(done: Dispatched) -> int | None:
+    raw = done.response.headers.get("inference-header-content-length")
+    return int(raw) if raw else None
+
+
+def _tokens(model: CatalogModel, done: Dispatched) -> int:
+    outputs = kserve.response_parse(done.response.body, _response_header_length(done))
     tokens = outputs.get(model.usage_output)
     if tokens is None:
         raise DomainError(f"{model.slug} did not report its usage.", field="model")
     return int(tokens.sum())
+
+
+def units_used(model: CatalogModel, *, input_elements: int, done: Dispatched) -> int:
+    """Billable units of a finished call, by the model's pricing unit."""
+    unit = Unit(model.pricing_unit)
+    if unit == Unit.REQUEST:
+        return 1
+    if unit == Unit.THOUSAND_INPUT_ELEMENTS:
+        return input_elements
+    if unit == Unit.GPU_SECOND:
+        return done.elapsed_us
+    return _tokens(model, done)
+
+
+def _model_version(done: Dispatched) -> str:
+    if done.candidate.triton_model_version:
+        return done.candidate.triton_model_version
+    header_length = _response_header_length(done)
+    body = done.response.body
+    header = body[:header_length] if header_length else body
+    try:
+        return str(json.loads(header).get("model_version", ""))
+    except ValueError:
+        return ""
+
+
+def _charged(
+    *,
+    tenant: Tenant,
+    key: ApiKey | None,
+    model: CatalogModel,
+    max_units: int,
+    call: Callable[[], Dispatched],
+    input_elements: int,
+) -> tuple[Dispatched, Usage, int]:
+    """Hold the worst case, run ``call``, settle what it used; release if it fails."""
+    max_cost = pricing.cost_micros(model, max_units)
+    source = f"req:{uuid.uuid4().hex}"
+    hold = ledger.credit_reserve(
+        tenant_id=tenant.pk,
+        amount_micros=max_cost,
+        source=source,
+        ttl_seconds=settings.INFER_TIMEOUT_SECONDS + 60,
+        api_key_id=key.pk if key else None,
+        key_cap_micros=key.monthly_spend_cap_micros if key else None,
+    )
+    try:
+        done = call()
+        units = min(units_used(model, input_elements=input_elements, done=done), max_units)
+    except BaseException:
+        ledger.credit_release(reservation_id=hold.reservation_id)
+        raise
+    usage = pricing.usage(model, units)
+    ledger.credit_settle(
+        hold=hold,
+        cost_micros=usage.cost_micros,
+        units=units,
+        model_slug=model.slug,
+        source=source,
+    )
+    return done, usage, max_cost
 
 
 def infer_v2(
@@ -107,40 +166,31 @@ def infer_v2(
     )
     if model.usage_output:
         body, header_length = _with_usage_output(parsed, body, header_length, model.usage_output)
-    done = dispatch(
-        model_slug=model.slug,
-        body=body,
-        headers=_request_headers(header_length),
-        timeout=timeout,
-        region_pin=tenant.region_pin,
-    )
-    response = done.response
-    response_hl = response.headers.get("inference-header-content-length")
-    units = _units(
-        model,
+    headers = _request_headers(header_length)
+    done, usage, max_cost = _charged(
+        tenant=tenant,
+        key=key,
+        model=model,
+        max_units=bound,
         input_elements=elements,
-        response_body=response.body,
-        response_hl=response_hl,
-        elapsed_us=done.elapsed_us,
+        call=lambda: dispatch(
+            model_slug=model.slug,
+            body=body,
+            headers=headers,
+            timeout=timeout,
+            region_pin=tenant.region_pin,
+        ),
     )
+    header_out = done.response.headers.get("inference-header-content-length")
     return InferOutcome(
-        body=response.body,
-        content_type=response.headers.get("content-type", "application/json"),
-        header_length=response_hl,
+        body=done.response.body,
+        content_type=done.response.headers.get("content-type", "application/json"),
+        header_length=header_out,
         site_slug=done.candidate.site_slug,
-        model_version=done.candidate.triton_model_version
-        or _version_of(response.body, response_hl),
-        usage=pricing.usage(model, units),
-        max_cost_micros=pricing.cost_micros(model, bound),
+        model_version=_model_version(done),
+        usage=usage,
+        max_cost_micros=max_cost,
     )
-
-
-def _version_of(body: bytes, header_length: str | None) -> str:
-    header = body[: int(header_length)] if header_length else body
-    try:
-        return str(json.loads(header).get("model_version", ""))
-    except ValueError:
-        return ""
 
 
 def embed(
@@ -166,7 +216,6 @@ def embed(
     )
     if vector_spec is None:
         raise DomainError(f"'{slug}' has no embedding output.", field="model")
-    vector_output = vector_spec.name
     if dimensions is not None and dimensions != vector_spec.shape[-1]:
         raise DomainError(
             f"'{slug}' makes {vector_spec.shape[-1]}-dimension embeddings.", field="dimensions"
@@ -176,33 +225,32 @@ def embed(
         model, batch_size=len(texts), input_elements=len(texts), timeout_seconds=timeout
     )
     texts_array = np.array([[text.encode()] for text in texts], dtype=np.object_)
-    wanted = [vector_output] + ([model.usage_output] if model.usage_output else [])
+    wanted = [vector_spec.name] + ([model.usage_output] if model.usage_output else [])
     body, header_length = kserve.request_build(
         [(entry.inputs[0].name, texts_array)], wanted, binary=True
     )
-    done = dispatch(
-        model_slug=model.slug,
-        body=body,
-        headers=_request_headers(header_length),
-        timeout=timeout,
-        region_pin=tenant.region_pin,
+    headers = _request_headers(header_length)
+    done, usage, max_cost = _charged(
+        tenant=tenant,
+        key=key,
+        model=model,
+        max_units=bound,
+        input_elements=len(texts),
+        call=lambda: dispatch(
+            model_slug=model.slug,
+            body=body,
+            headers=headers,
+            timeout=timeout,
+            region_pin=tenant.region_pin,
+        ),
     )
-    response_hl = done.response.headers.get("inference-header-content-length")
-    outputs = kserve.response_parse(done.response.body, int(response_hl) if response_hl else None)
+    outputs = kserve.response_parse(done.response.body, _response_header_length(done))
     tokens = int(outputs[model.usage_output].sum()) if model.usage_output else 0
-    unit = CatalogModel.PricingUnit(model.pricing_unit)
-    units = {
-        CatalogModel.PricingUnit.REQUEST: 1,
-        CatalogModel.PricingUnit.THOUSAND_INPUT_ELEMENTS: len(texts),
-        CatalogModel.PricingUnit.THOUSAND_TOKENS: tokens,
-        CatalogModel.PricingUnit.GPU_SECOND: done.elapsed_us,
-    }[unit]
     return EmbedOutcome(
-        vectors=outputs[vector_output].reshape(len(texts), -1),
+        vectors=outputs[vector_spec.name].reshape(len(texts), -1),
         prompt_tokens=tokens,
         site_slug=done.candidate.site_slug,
-        model_version=done.candidate.triton_model_version
-        or _version_of(done.response.body, response_hl),
-        usage=pricing.usage(model, units),
-        max_cost_micros=pricing.cost_micros(model, bound),
+        model_version=_model_version(done),
+        usage=usage,
+        max_cost_micros=max_cost,
     )

@@ -17,6 +17,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
+from billing import ledger
 from workers import kserve, routing
 from workers.dispatch import NoHealthySite
 
@@ -121,6 +122,16 @@ def job_submit(
                 site_slug=site_slug,
                 enqueued_at=timezone.now(),
             )
+            hold = ledger.credit_reserve(
+                tenant_id=tenant.pk,
+                amount_micros=job.max_cost_micros,
+                source=f"job:{job.pk}",
+                ttl_seconds=_reservation_ttl(),
+                api_key_id=key.pk if key else None,
+                key_cap_micros=key.monthly_spend_cap_micros if key else None,
+            )
+            job.reservation_id = hold.reservation_id
+            job.save(update_fields=["reservation_id"])
             transaction.on_commit(lambda: enqueue(job, site_slug, mark=False))
     except IntegrityError:
         # Two submissions with one idempotency key raced; the other one won.
@@ -133,6 +144,16 @@ def job_submit(
             raise
         return _replayed(existing, request_hash)
     return job, True
+
+
+def _reservation_ttl() -> float:
+    """A job's hold outlives every way the job can still finish: queued until it
+    expires, then every attempt's lease."""
+    return (
+        settings.JOB_EXPIRE_SECONDS
+        + settings.JOB_MAX_ATTEMPTS * (settings.JOB_LEASE_SECONDS + settings.INFER_TIMEOUT_SECONDS)
+        + 300
+    )
 
 
 def _replayed(existing: Job, request_hash: str) -> tuple[Job, bool]:
@@ -149,6 +170,8 @@ def job_cancel(*, job: Job) -> Job:
         pk=job.pk, status__in=[Job.Status.QUEUED, Job.Status.RUNNING]
     ).update(status=Job.Status.CANCELED, finished_at=timezone.now(), lease_expires_at=None)
     job.refresh_from_db()
+    if updated and job.reservation_id is not None:
+        ledger.credit_release(reservation_id=job.reservation_id)
     if not updated and job.status != Job.Status.CANCELED:
         raise JobNotCancelable(f"The job is already {job.status}.", field="status")
     if updated and job.webhook_url:

@@ -2,11 +2,13 @@
 
 The seam for billing: both inference paths compute ``max_cost`` before dispatch
 (what a reservation must cover) and ``cost`` after (what is charged). Costs are
-integer micro-USD, rounded *up* to the next micro-dollar (a call is never free
-because of rounding, and the bound is never below the charge).
+integer micro-USD, rounded half up (``billing.money``'s one rule); the bound uses the
+same rounding on more units, so it is never below the charge.
 """
 
 from dataclasses import dataclass
+
+from billing import money
 
 from .exceptions import CostUnbounded
 from .models import CatalogModel
@@ -31,7 +33,7 @@ class Usage:
 
 def cost_micros(model: CatalogModel, units: int) -> int:
     divisor = _UNITS_PER_PRICED_UNIT[Unit(model.pricing_unit)]
-    return -(-units * model.price_micros // divisor)
+    return money.div_round(units * model.price_micros, divisor)
 
 
 def usage(model: CatalogModel, units: int) -> Usage:

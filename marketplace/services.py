@@ -16,6 +16,8 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.text import slugify
 
+from billing import ledger
+
 from . import keycache, keys
 from .exceptions import InvitationInvalid, LastOwnerError
 from .models import ApiKey, AuditEvent, Invitation, Membership, Role, Tenant, User
@@ -56,6 +58,7 @@ def tenant_create(*, name: str, owner: User) -> Tenant:
     """Create an organisation with ``owner`` as its first owner."""
     tenant = Tenant.objects.create(name=name.strip(), slug=_slug_unique(name))
     Membership.objects.create(tenant=tenant, user=owner, role=Role.OWNER)
+    ledger.account_open(tenant_id=tenant.pk)
     audit_record(action="tenant.created", actor=owner, target=tenant, tenant=tenant)
     return tenant
 

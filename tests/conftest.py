@@ -3,6 +3,8 @@ from dataclasses import dataclass
 import pytest
 from rest_framework.test import APIClient
 
+from billing import ledger
+from billing.models import LedgerEntry
 from marketplace import catalog, keycache
 from marketplace.models import ApiKey, Membership, Tenant, User
 from tests.factories import MembershipFactory, api_key_make
@@ -31,6 +33,12 @@ class TenantWorld:
 
 def _world() -> TenantWorld:
     membership = MembershipFactory.create()
+    ledger.entry_book(
+        tenant_id=membership.tenant.pk,
+        kind=LedgerEntry.Kind.GRANT,
+        source="test-grant",
+        amount_micros=100_000_000,
+    )
     key, token = api_key_make(membership.tenant)
     api = APIClient()
     api.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")

@@ -17,8 +17,10 @@ from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
+from billing import ledger
 from marketplace import pricing
-from marketplace.models import CatalogModel, Job
+from marketplace.inference import units_used
+from marketplace.models import Job
 
 from . import kserve, routing, triton, webhooks
 from .dispatch import NoHealthySite, SitesUnavailable, dispatch
@@ -94,22 +96,21 @@ def _finish(
             finished_at=timezone.now(),
             lease_expires_at=None,
         )
+        if updated and job.reservation_id is not None:
+            # The charge (or the release) commits with the state change, or neither does.
+            if status == Job.Status.SUCCEEDED and usage is not None:
+                ledger.credit_settle(
+                    hold=ledger.Hold(job.reservation_id, job.max_cost_micros),
+                    cost_micros=usage.cost_micros,
+                    units=usage.units,
+                    model_slug=job.model.slug,
+                    source=f"job:{job.pk}",
+                )
+            else:
+                ledger.credit_release(reservation_id=job.reservation_id)
         if updated and job.webhook_url:
             transaction.on_commit(lambda: webhooks.schedule(job.pk))
     return bool(updated)
-
-
-def _units(model: CatalogModel, job: Job, response: dict[str, object], elapsed_us: int) -> int:
-    unit = CatalogModel.PricingUnit(model.pricing_unit)
-    if unit == CatalogModel.PricingUnit.REQUEST:
-        return 1
-    if unit == CatalogModel.PricingUnit.GPU_SECOND:
-        return elapsed_us
-    if unit == CatalogModel.PricingUnit.THOUSAND_INPUT_ELEMENTS:
-        body = json.dumps(job.request).encode()
-        return kserve.count_units(kserve.request_parse(body, None))
-    outputs = kserve.response_parse(json.dumps(response).encode(), None)
-    return int(outputs[model.usage_output].sum())
 
 
 def _order_for_site(candidates: list[routing.Candidate], site_slug: str) -> list[routing.Candidate]:
@@ -171,7 +172,16 @@ def job_run(*, job_id: int, worker_site: str) -> RunResult:
     if not isinstance(response, dict) or "outputs" not in response:
         _finish(job, status=Job.Status.FAILED, error=("invalid_response", "No outputs."))
         return RunResult("invalid_response", done.candidate.site_slug)
-    usage = pricing.usage(model, _units(model, job, response, done.elapsed_us))
+    parsed = kserve.request_parse(body, None)
+    elements = kserve.count_units(parsed)
+    bound = pricing.max_units(
+        model,
+        batch_size=parsed.batch_size(model.max_batch_size),
+        input_elements=elements,
+        timeout_seconds=settings.INFER_TIMEOUT_SECONDS,
+    )
+    units = min(units_used(model, input_elements=elements, done=done), bound)
+    usage = pricing.usage(model, units)
     finished = _finish(
         job,
         status=Job.Status.SUCCEEDED,
@@ -195,10 +205,17 @@ def jobs_reap() -> dict[str, int]:
 
     now = timezone.now()
     counts = {"expired": 0, "requeued": 0, "lease_lost": 0}
-    counts["expired"] = Job.objects.filter(
+    for job_id, reservation_id in Job.objects.filter(
         status=Job.Status.QUEUED,
         created_at__lt=now - timedelta(seconds=settings.JOB_EXPIRE_SECONDS),
-    ).update(status=Job.Status.EXPIRED, finished_at=now)
+    ).values_list("pk", "reservation_id")[:500]:
+        with transaction.atomic():
+            expired = Job.objects.filter(pk=job_id, status=Job.Status.QUEUED).update(
+                status=Job.Status.EXPIRED, finished_at=now
+            )
+            if expired and reservation_id is not None:
+                ledger.credit_release(reservation_id=reservation_id)
+            counts["expired"] += expired
     counts["lease_lost"] = Job.objects.filter(
         status=Job.Status.RUNNING, lease_expires_at__lt=now
     ).update(status=Job.Status.QUEUED, lease_expires_at=None, enqueued_at=None)

@@ -9,6 +9,8 @@ import os
 
 from celery import shared_task
 
+from billing import ledger
+
 from . import health, jobs, webhooks
 
 logger = logging.getLogger(__name__)
@@ -45,3 +47,9 @@ def job_run(job_id: int) -> str:
 @shared_task(name="workers.webhook_deliver", acks_late=True, ignore_result=True)
 def webhook_deliver(job_id: int, attempt: int) -> None:
     webhooks.deliver(job_id, attempt)
+
+
+@shared_task(name="billing.reservations_release", acks_late=False, expires=30, ignore_result=True)
+def reservations_release() -> None:
+    """Free the holds of calls that never settled (a crashed web process or worker)."""
+    ledger.reservations_release_expired()

@@ -218,6 +218,11 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": env.float("HEALTH_CHECK_INTERVAL_SECONDS", default=2.0),
         "options": {"queue": "default", "expires": 5},
     },
+    "reservations-release": {
+        "task": "billing.reservations_release",
+        "schedule": 30.0,
+        "options": {"queue": "default", "expires": 30},
+    },
     "jobs-reap": {
         "task": "workers.jobs_reap",
         "schedule": 5.0,

@@ -12,6 +12,7 @@ from rest_framework import exceptions
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
+from billing.exceptions import BillingError
 from marketplace.exceptions import DomainError
 from marketplace.logging import request_id_var
 from workers.dispatch import NoHealthySite, SitesUnavailable
@@ -79,6 +80,11 @@ def _inference_error(exc: Exception) -> Response | None:
             error_body(status_code=503, message=str(exc), code=code),
             status=503,
             headers={"Retry-After": str(exc.retry_after_seconds)},
+        )
+    if isinstance(exc, BillingError):
+        return Response(
+            error_body(status_code=402, message=exc.message, code=exc.code),
+            status=402,
         )
     if isinstance(exc, TritonRejected):
         return Response(

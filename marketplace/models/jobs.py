@@ -46,6 +46,7 @@ class Job(TenantOwnedModel):
     units = models.BigIntegerField(null=True, blank=True)
     cost_micros = models.BigIntegerField(null=True, blank=True)
     max_cost_micros = models.BigIntegerField(default=0)
+    reservation_id = models.BigIntegerField(null=True, blank=True)
     webhook_url = models.URLField(max_length=500, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)

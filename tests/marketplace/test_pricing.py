@@ -15,11 +15,12 @@ def _model(unit: str, price: int, **kwargs) -> CatalogModel:
     return CatalogModel(slug="m", name="m", pricing_unit=unit, price_micros=price, **kwargs)
 
 
-def test_costs_per_unit_round_up():
+def test_costs_per_unit_round_half_up():
     assert pricing.cost_micros(_model(Unit.REQUEST, 10), 1) == 10
     assert pricing.cost_micros(_model(Unit.THOUSAND_TOKENS, 20_000), 7) == 140
     assert pricing.cost_micros(_model(Unit.THOUSAND_TOKENS, 20_000), 1) == 20
-    assert pricing.cost_micros(_model(Unit.THOUSAND_INPUT_ELEMENTS, 3), 1) == 1
+    assert pricing.cost_micros(_model(Unit.THOUSAND_INPUT_ELEMENTS, 3), 1) == 0  # 0.003 µ$
+    assert pricing.cost_micros(_model(Unit.THOUSAND_INPUT_ELEMENTS, 500), 1) == 1  # 0.5 µ$
     assert pricing.cost_micros(_model(Unit.GPU_SECOND, 100_000), 1_500_000) == 150_000
 
 
@@ -28,11 +29,11 @@ def test_costs_per_unit_round_up():
     price=st.integers(min_value=0, max_value=10**9),
     units=st.integers(min_value=0, max_value=10**9),
 )
-def test_cost_is_the_exact_ceiling(unit, price, units):
+def test_cost_is_the_nearest_micro_and_monotonic(unit, price, units):
     divisor = {Unit.REQUEST: 1, Unit.GPU_SECOND: 10**6}.get(unit, 1000)
     cost = pricing.cost_micros(_model(unit, price), units)
-    assert cost * divisor >= units * price
-    assert (cost - 1) * divisor < units * price or cost == 0
+    assert abs(cost * divisor - units * price) * 2 <= divisor
+    assert pricing.cost_micros(_model(unit, price), units + 1) >= cost
 
 
 def test_bounds():

@@ -11,6 +11,8 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 from django.db import transaction
 
+from billing import ledger
+from billing.models import LedgerEntry
 from marketplace import services
 from marketplace.models import ApiKey, Membership, Role, Tenant, User
 
@@ -49,6 +51,13 @@ class Command(BaseCommand):
             ):
                 services.api_key_revoke(key=old, actor=None)
             _, token = services.api_key_create(tenant=tenant, actor=owner, name=DEMO_KEY_NAME)
+            ledger.entry_book(
+                tenant_id=tenant.pk,
+                kind=LedgerEntry.Kind.GRANT,
+                source="demo-welcome",
+                amount_micros=10_000_000,
+                reason="Demo welcome credit",
+            )
         base = settings.SITE_URL.rstrip("/")
         self.stdout.write(f"Demo owner login : {OWNER_EMAIL} / {DEMO_PASSWORD}")
         self.stdout.write(f"Staff login      : {STAFF_EMAIL} / {DEMO_PASSWORD} (at {base}/admin/)")

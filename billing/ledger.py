@@ -1,0 +1,460 @@
+"""Credit services: reserve before a call, settle or release after, book other movements.
+
+Be careful changing this module: it is where money is kept exact. Every function
+keeps the invariants in ``billing/models.py`` in one transaction, and every write
+of a ledger entry is idempotent on (account, kind, source).
+
+On PostgreSQL, reserving (for keys without a monthly cap), settling and releasing
+are each one SQL statement — one round trip on the hot path of every sync request.
+Elsewhere (the SQLite demo, capped keys) the same effects are made by the ORM in a
+transaction; the tests run both.
+"""
+
+import logging
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+
+import django.dispatch
+from django.db import IntegrityError, connection, transaction
+from django.db.models import F, Sum
+from django.utils import timezone
+
+from .exceptions import InsufficientCredits, KeyBudgetExceeded
+from .models import CreditAccount, KeySpend, LedgerEntry, Reservation, UsageRecord
+
+logger = logging.getLogger(__name__)
+
+# Sent after commit when an account's available balance first falls below its
+# threshold (once per crossing). ``marketplace`` listens and e-mails the tenant.
+low_balance = django.dispatch.Signal()  # kwargs: tenant_id, available_micros, threshold_micros
+
+#: Set by tests to run the portable path on PostgreSQL too.
+force_portable = False
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """An open reservation, as the caller needs it to settle or release."""
+
+    reservation_id: int
+    amount_micros: int
+
+
+@dataclass(frozen=True, slots=True)
+class Settled:
+    usage_record_id: int | None
+    account_id: int
+    tenant_id: int
+    balance_micros: int
+    reserved_micros: int
+    threshold_micros: int
+    alerted: bool
+
+
+def _fast() -> bool:
+    return connection.vendor == "postgresql" and not force_portable
+
+
+def _month(now: datetime) -> date:
+    return date(now.year, now.month, 1)
+
+
+def account_open(*, tenant_id: int) -> CreditAccount:
+    """The tenant's account, created (empty) if it has none."""
+    account, _ = CreditAccount.objects.get_or_create(tenant_id=tenant_id)
+    return account
+
+
+_RESERVE_SQL = """
+WITH acct AS (
+    UPDATE billing_creditaccount
+       SET reserved_micros = reserved_micros + %(amount)s
+     WHERE tenant_id = %(tenant)s AND balance_micros - reserved_micros >= %(amount)s
+ RETURNING id
+)
+INSERT INTO billing_reservation
+       (account_id, tenant_id, source, amount_micros, api_key_id, key_month, status,
+        created_at, expires_at)
+SELECT id, %(tenant)s, %(source)s, %(amount)s, %(key)s, NULL, 'open', %(now)s, %(expires)s
+  FROM acct
+RETURNING id
+"""
+
+
+def credit_reserve(
+    *,
+    tenant_id: int,
+    amount_micros: int,
+    source: str,
+    ttl_seconds: float,
+    api_key_id: int | None = None,
+    key_cap_micros: int | None = None,
+) -> Hold:
+    """Hold ``amount_micros`` of the tenant's available credit (and of the key's cap).
+
+    Raises ``InsufficientCredits`` when balance − open reservations does not cover it,
+    ``KeyBudgetExceeded`` when the key's spend this month plus its open reservations
+    would pass its cap. Either way nothing is written.
+    """
+    if amount_micros < 0:
+        raise ValueError("a reservation cannot be negative")
+    now = timezone.now()
+    expires = now + timedelta(seconds=ttl_seconds)
+    if _fast() and key_cap_micros is None:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                _RESERVE_SQL,
+                {
+                    "amount": amount_micros,
+                    "tenant": tenant_id,
+                    "source": source,
+                    "key": api_key_id,
+                    "now": now,
+                    "expires": expires,
+                },
+            )
+            row = cursor.fetchone()
+        if row is None:
+            raise InsufficientCredits("Not enough credit for this call; buy more credits.")
+        return Hold(reservation_id=row[0], amount_micros=amount_micros)
+    return _reserve_portable(
+        tenant_id=tenant_id,
+        amount_micros=amount_micros,
+        source=source,
+        expires=expires,
+        api_key_id=api_key_id,
+        key_cap_micros=key_cap_micros,
+        now=now,
+    )
+
+
+def _reserve_portable(
+    *,
+    tenant_id: int,
+    amount_micros: int,
+    source: str,
+    expires: datetime,
+    api_key_id: int | None,
+    key_cap_micros: int | None,
+    now: datetime,
+) -> Hold:
+    capped = key_cap_micros is not None and api_key_id is not None
+    month = _month(now) if capped else None
+    if capped and month is not None and api_key_id is not None and key_cap_micros is not None:
+        KeySpend.objects.bulk_create(
+            [KeySpend(api_key_id=api_key_id, month=month)], ignore_conflicts=True
+        )
+    with transaction.atomic():
+        if month is not None and api_key_id is not None and key_cap_micros is not None:
+            within_cap = KeySpend.objects.filter(
+                api_key_id=api_key_id,
+                month=month,
+                spent_micros__lte=key_cap_micros - amount_micros - F("reserved_micros"),
+            ).update(reserved_micros=F("reserved_micros") + amount_micros)
+            if not within_cap:
+                raise KeyBudgetExceeded("This API key has reached its monthly spend cap.")
+        covered = CreditAccount.objects.filter(
+            tenant_id=tenant_id,
+            balance_micros__gte=F("reserved_micros") + amount_micros,
+        ).update(reserved_micros=F("reserved_micros") + amount_micros)
+        if not covered:
+            raise InsufficientCredits("Not enough credit for this call; buy more credits.")
+        reservation = Reservation.objects.create(
+            account=CreditAccount.objects.only("pk").get(tenant_id=tenant_id),
+            tenant_id=tenant_id,
+            source=source,
+            amount_micros=amount_micros,
+            api_key_id=api_key_id,
+            key_month=month,
+            expires_at=expires,
+        )
+    return Hold(reservation_id=reservation.pk, amount_micros=amount_micros)
+
+
+_SETTLE_SQL = """
+WITH r AS (
+    UPDATE billing_reservation
+       SET status = 'settled', settled_micros = %(cost)s, closed_at = %(now)s
+     WHERE id = %(reservation)s AND status = 'open'
+ RETURNING account_id, tenant_id, amount_micros, api_key_id, key_month
+), e AS (
+    INSERT INTO billing_ledgerentry
+           (account_id, tenant_id, kind, source, amount_micros, model_slug, api_key_id,
+            units, reason, created_at)
+    SELECT account_id, tenant_id, 'usage', %(source)s, -%(cost)s, %(model)s, api_key_id,
+           %(units)s, '', %(now)s
+      FROM r
+ RETURNING id, account_id, tenant_id, api_key_id
+), a AS (
+    UPDATE billing_creditaccount c
+       SET balance_micros = c.balance_micros - %(cost)s,
+           reserved_micros = c.reserved_micros - r.amount_micros
+      FROM r, e
+     WHERE c.id = r.account_id
+ RETURNING c.id, c.tenant_id, c.balance_micros, c.reserved_micros,
+           c.low_balance_threshold_micros, c.low_balance_alerted
+), k AS (
+    UPDATE billing_keyspend s
+       SET spent_micros = s.spent_micros + %(cost)s,
+           reserved_micros = s.reserved_micros - r.amount_micros
+      FROM r
+     WHERE s.api_key_id = r.api_key_id AND s.month = r.key_month
+ RETURNING 1
+), u AS (
+    INSERT INTO billing_usagerecord
+           (account_id, tenant_id, ledger_entry_id, model_slug, api_key_id, units,
+            cost_micros, created_at, attempts, last_error)
+    SELECT account_id, tenant_id, id, %(model)s, api_key_id, %(units)s, %(cost)s, %(now)s,
+           0, ''
+      FROM e
+ RETURNING id
+)
+SELECT a.id, a.tenant_id, a.balance_micros, a.reserved_micros,
+       a.low_balance_threshold_micros, a.low_balance_alerted, (SELECT id FROM u),
+       (SELECT count(*) FROM k)
+  FROM a
+"""
+
+
+def credit_settle(
+    *, hold: Hold, cost_micros: int, units: int, model_slug: str, source: str
+) -> Settled | None:
+    """Charge the actual cost of a finished call and free the rest of its hold.
+
+    Writes the usage ledger entry, its meter-event outbox row and the account in one
+    statement (or transaction). The charge is clamped to the hold, which was the
+    call's worst case. Returns None if the hold was already settled or released, so
+    a second settle of the same call charges nothing.
+    """
+    cost = max(0, min(cost_micros, hold.amount_micros))
+    now = timezone.now()
+    if _fast():
+        with connection.cursor() as cursor:
+            cursor.execute(
+                _SETTLE_SQL,
+                {
+                    "cost": cost,
+                    "now": now,
+                    "reservation": hold.reservation_id,
+                    "source": source,
+                    "model": model_slug,
+                    "units": units,
+                },
+            )
+            row = cursor.fetchone()
+        if row is None:
+            return None
+        settled = Settled(
+            usage_record_id=row[6],
+            account_id=row[0],
+            tenant_id=row[1],
+            balance_micros=row[2],
+            reserved_micros=row[3],
+            threshold_micros=row[4],
+            alerted=row[5],
+        )
+    else:
+        settled_or_none = _settle_portable(
+            hold=hold, cost=cost, units=units, model_slug=model_slug, source=source, now=now
+        )
+        if settled_or_none is None:
+            return None
+        settled = settled_or_none
+    _low_balance_check(settled)
+    return settled
+
+
+def _settle_portable(
+    *, hold: Hold, cost: int, units: int, model_slug: str, source: str, now: datetime
+) -> Settled | None:
+    with transaction.atomic():
+        reservation = (
+            Reservation.objects.select_for_update()
+            .filter(pk=hold.reservation_id, status=Reservation.Status.OPEN)
+            .first()
+        )
+        if reservation is None:
+            return None
+        reservation.status = Reservation.Status.SETTLED
+        reservation.settled_micros = cost
+        reservation.closed_at = now
+        reservation.save(update_fields=["status", "settled_micros", "closed_at"])
+        entry = LedgerEntry.objects.create(
+            account_id=reservation.account_id,
+            tenant_id=reservation.tenant_id,
+            kind=LedgerEntry.Kind.USAGE,
+            source=source,
+            amount_micros=-cost,
+            model_slug=model_slug,
+            api_key_id=reservation.api_key_id,
+            units=units,
+        )
+        CreditAccount.objects.filter(pk=reservation.account_id).update(
+            balance_micros=F("balance_micros") - cost,
+            reserved_micros=F("reserved_micros") - reservation.amount_micros,
+        )
+        if reservation.key_month is not None and reservation.api_key_id is not None:
+            KeySpend.objects.filter(
+                api_key_id=reservation.api_key_id, month=reservation.key_month
+            ).update(
+                spent_micros=F("spent_micros") + cost,
+                reserved_micros=F("reserved_micros") - reservation.amount_micros,
+            )
+        usage = UsageRecord.objects.create(
+            account_id=reservation.account_id,
+            tenant_id=reservation.tenant_id,
+            ledger_entry=entry,
+            model_slug=model_slug,
+            api_key_id=reservation.api_key_id,
+            units=units,
+            cost_micros=cost,
+            created_at=now,
+        )
+        account = CreditAccount.objects.get(pk=reservation.account_id)
+    return Settled(
+        usage_record_id=usage.pk,
+        account_id=account.pk,
+        tenant_id=account.tenant_id,
+        balance_micros=account.balance_micros,
+        reserved_micros=account.reserved_micros,
+        threshold_micros=account.low_balance_threshold_micros,
+        alerted=account.low_balance_alerted,
+    )
+
+
+_RELEASE_SQL = """
+WITH r AS (
+    UPDATE billing_reservation SET status = 'released', closed_at = %(now)s
+     WHERE id = %(reservation)s AND status = 'open'
+ RETURNING account_id, amount_micros, api_key_id, key_month
+), a AS (
+    UPDATE billing_creditaccount c SET reserved_micros = c.reserved_micros - r.amount_micros
+      FROM r WHERE c.id = r.account_id
+ RETURNING 1
+), k AS (
+    UPDATE billing_keyspend s SET reserved_micros = s.reserved_micros - r.amount_micros
+      FROM r WHERE s.api_key_id = r.api_key_id AND s.month = r.key_month
+ RETURNING 1
+)
+SELECT (SELECT count(*) FROM a), (SELECT count(*) FROM k)
+"""
+
+
+def credit_release(*, reservation_id: int) -> bool:
+    """Free a hold without charging (the call failed or was canceled). Idempotent."""
+    now = timezone.now()
+    if _fast():
+        with connection.cursor() as cursor:
+            cursor.execute(_RELEASE_SQL, {"now": now, "reservation": reservation_id})
+            row = cursor.fetchone()
+        return bool(row and row[0])
+    with transaction.atomic():
+        reservation = (
+            Reservation.objects.select_for_update()
+            .filter(pk=reservation_id, status=Reservation.Status.OPEN)
+            .first()
+        )
+        if reservation is None:
+            return False
+        reservation.status = Reservation.Status.RELEASED
+        reservation.closed_at = now
+        reservation.save(update_fields=["status", "closed_at"])
+        CreditAccount.objects.filter(pk=reservation.account_id).update(
+            reserved_micros=F("reserved_micros") - reservation.amount_micros
+        )
+        if reservation.key_month is not None and reservation.api_key_id is not None:
+            KeySpend.objects.filter(
+                api_key_id=reservation.api_key_id, month=reservation.key_month
+            ).update(reserved_micros=F("reserved_micros") - reservation.amount_micros)
+    return True
+
+
+def reservations_release_expired(*, limit: int = 1000) -> int:
+    """Release holds whose call never settled (a crashed process). Run by beat."""
+    expired = list(
+        Reservation.objects.filter(
+            status=Reservation.Status.OPEN, expires_at__lt=timezone.now()
+        ).values_list("pk", flat=True)[:limit]
+    )
+    released = sum(credit_release(reservation_id=pk) for pk in expired)
+    if released:
+        logger.warning("released %s abandoned reservations", released)
+    return released
+
+
+def entry_book(
+    *,
+    tenant_id: int,
+    kind: LedgerEntry.Kind,
+    source: str,
+    amount_micros: int,
+    reason: str = "",
+    created_by_id: int | None = None,
+) -> tuple[LedgerEntry, bool]:
+    """Book a purchase, refund, adjustment, grant or expiry exactly once per source.
+
+    Returns the entry and whether it is new; a second call with the same
+    (kind, source) changes nothing.
+    """
+    account = account_open(tenant_id=tenant_id)
+    with transaction.atomic():
+        try:
+            with transaction.atomic():
+                entry = LedgerEntry.objects.create(
+                    account=account,
+                    tenant_id=tenant_id,
+                    kind=kind,
+                    source=source,
+                    amount_micros=amount_micros,
+                    reason=reason,
+                    created_by_id=created_by_id,
+                )
+        except IntegrityError:
+            return LedgerEntry.objects.get(account=account, kind=kind, source=source), False
+        CreditAccount.objects.filter(pk=account.pk).update(
+            balance_micros=F("balance_micros") + amount_micros
+        )
+        if amount_micros > 0:
+            # Topped up: the next fall below the threshold alerts again.
+            CreditAccount.objects.filter(
+                pk=account.pk,
+                low_balance_alerted=True,
+                balance_micros__gte=F("reserved_micros") + F("low_balance_threshold_micros"),
+            ).update(low_balance_alerted=False)
+    return entry, True
+
+
+def _low_balance_check(settled: Settled) -> None:
+    """Alert once when the available balance first falls below the threshold."""
+    available = settled.balance_micros - settled.reserved_micros
+    if settled.alerted or available >= settled.threshold_micros:
+        return
+    flipped = CreditAccount.objects.filter(pk=settled.account_id, low_balance_alerted=False).update(
+        low_balance_alerted=True
+    )
+    if flipped:
+        transaction.on_commit(
+            lambda: low_balance.send(
+                sender=CreditAccount,
+                tenant_id=settled.tenant_id,
+                available_micros=available,
+                threshold_micros=settled.threshold_micros,
+            )
+        )
+
+
+def account_check(*, account: CreditAccount) -> list[str]:
+    """Differences between the cached columns and the rows they summarise (empty: none)."""
+    problems = []
+    ledger_sum = account.entries.aggregate(total=Sum("amount_micros"))["total"] or 0
+    if ledger_sum != account.balance_micros:
+        problems.append(f"balance {account.balance_micros} != ledger sum {ledger_sum}")
+    open_sum = (
+        Reservation.objects.filter(account=account, status=Reservation.Status.OPEN).aggregate(
+            total=Sum("amount_micros")
+        )["total"]
+        or 0
+    )
+    if open_sum != account.reserved_micros:
+        problems.append(f"reserved {account.reserved_micros} != open reservations {open_sum}")
+    return problems

@@ -1,0 +1,179 @@
+"""The credit ledger: accounts, append-only entries, reservations, the metering outbox.
+
+Invariants (checked by ``billing.ledger.account_check`` and the reconciliation):
+- ``CreditAccount.balance_micros`` == the sum of the account's ``LedgerEntry`` amounts;
+  both change in the same transaction.
+- ``CreditAccount.reserved_micros`` == the sum of its open ``Reservation`` amounts.
+- Spending never takes ``balance - reserved`` below zero: a reservation is taken by
+  one conditional UPDATE that checks it.
+- A ledger entry is unique on (account, kind, source): a replayed webhook, a
+  redelivered task or a retried request cannot apply twice.
+
+This app refers to tenants only by the string FK ``"marketplace.Tenant"``.
+"""
+
+from typing import ClassVar
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+
+class CreditAccount(models.Model):
+    """A tenant's prepaid credit, with its Stripe customer and alert settings."""
+
+    tenant = models.OneToOneField(
+        "marketplace.Tenant", on_delete=models.PROTECT, related_name="credit_account"
+    )
+    balance_micros = models.BigIntegerField(default=0)
+    reserved_micros = models.BigIntegerField(default=0)
+    stripe_customer_id = models.CharField(max_length=64, blank=True)
+    stripe_subscription_id = models.CharField(max_length=64, blank=True)
+    stripe_payment_method_id = models.CharField(max_length=64, blank=True)
+    low_balance_threshold_micros = models.BigIntegerField(default=5_000_000)
+    low_balance_alerted = models.BooleanField(default=False)
+    auto_topup_enabled = models.BooleanField(default=False)
+    auto_topup_threshold_micros = models.BigIntegerField(default=5_000_000)
+    auto_topup_amount_cents = models.PositiveIntegerField(default=2_000)
+    auto_topup_daily_limit_cents = models.PositiveIntegerField(default=20_000)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints: ClassVar = [
+            models.CheckConstraint(
+                condition=Q(reserved_micros__gte=0), name="creditaccount_reserved_non_negative"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"credit account of tenant {self.tenant_id}"
+
+    @property
+    def available_micros(self) -> int:
+        return self.balance_micros - self.reserved_micros
+
+
+class LedgerEntry(models.Model):
+    """One signed movement of credit. Never updated or deleted."""
+
+    class Kind(models.TextChoices):
+        PURCHASE = "purchase", "Purchase"
+        USAGE = "usage", "Usage"
+        REFUND = "refund", "Refund"
+        ADJUSTMENT = "adjustment", "Adjustment"
+        GRANT = "grant", "Grant"
+        EXPIRY = "expiry", "Expiry"
+
+    account = models.ForeignKey(CreditAccount, on_delete=models.PROTECT, related_name="entries")
+    tenant = models.ForeignKey("marketplace.Tenant", on_delete=models.PROTECT, related_name="+")
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    source = models.CharField(max_length=128, help_text="What caused it: job:…, cs_…, req_…")
+    amount_micros = models.BigIntegerField()
+    model_slug = models.CharField(max_length=64, blank=True)
+    api_key_id = models.BigIntegerField(null=True, blank=True)
+    units = models.BigIntegerField(null=True, blank=True)
+    reason = models.TextField(blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name_plural = "ledger entries"
+        constraints: ClassVar = [
+            models.UniqueConstraint(
+                fields=["account", "kind", "source"], name="ledgerentry_unique_source"
+            )
+        ]
+        indexes: ClassVar = [
+            models.Index(fields=["tenant", "-created_at"]),
+            models.Index(fields=["tenant", "kind", "created_at"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.amount_micros} µ$ ({self.source})"
+
+
+class Reservation(models.Model):
+    """Credit held for a call in progress: its worst-case cost."""
+
+    class Status(models.TextChoices):
+        OPEN = "open", "Open"
+        SETTLED = "settled", "Settled"
+        RELEASED = "released", "Released"
+
+    account = models.ForeignKey(CreditAccount, on_delete=models.PROTECT, related_name="+")
+    tenant = models.ForeignKey("marketplace.Tenant", on_delete=models.PROTECT, related_name="+")
+    source = models.CharField(max_length=128)
+    amount_micros = models.BigIntegerField()
+    settled_micros = models.BigIntegerField(null=True, blank=True)
+    api_key_id = models.BigIntegerField(null=True, blank=True)
+    key_month = models.DateField(null=True, blank=True, help_text="Month charged to the key's cap.")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.OPEN)
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField()
+    closed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints: ClassVar = [
+            models.UniqueConstraint(fields=["account", "source"], name="reservation_unique_source"),
+            models.CheckConstraint(
+                condition=Q(amount_micros__gte=0), name="reservation_amount_non_negative"
+            ),
+        ]
+        indexes: ClassVar = [models.Index(fields=["status", "expires_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.status} {self.amount_micros} µ$ ({self.source})"
+
+
+class KeySpend(models.Model):
+    """An API key's spend in one calendar month (UTC), for its monthly cap."""
+
+    api_key_id = models.BigIntegerField()
+    month = models.DateField()
+    spent_micros = models.BigIntegerField(default=0)
+    reserved_micros = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints: ClassVar = [
+            models.UniqueConstraint(fields=["api_key_id", "month"], name="keyspend_unique_month")
+        ]
+
+    def __str__(self) -> str:
+        return f"key {self.api_key_id} {self.month:%Y-%m}: {self.spent_micros} µ$"
+
+
+class UsageRecord(models.Model):
+    """One charged call, to be sent to Stripe as a meter event (the outbox).
+
+    Written in the settle statement with its ledger entry; its id is the meter
+    event's ``identifier``, so a resend is deduplicated by Stripe.
+    """
+
+    account = models.ForeignKey(CreditAccount, on_delete=models.PROTECT, related_name="+")
+    tenant = models.ForeignKey("marketplace.Tenant", on_delete=models.PROTECT, related_name="+")
+    ledger_entry = models.OneToOneField(LedgerEntry, on_delete=models.PROTECT, related_name="+")
+    model_slug = models.CharField(max_length=64)
+    api_key_id = models.BigIntegerField(null=True, blank=True)
+    units = models.BigIntegerField()
+    cost_micros = models.BigIntegerField()
+    created_at = models.DateTimeField()
+    sent_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.CharField(max_length=500, blank=True)
+
+    class Meta:
+        indexes: ClassVar = [
+            models.Index(
+                fields=["created_at"], condition=Q(sent_at__isnull=True), name="usage_unsent"
+            ),
+            models.Index(fields=["tenant", "created_at"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"usage {self.pk}: {self.model_slug} {self.cost_micros} µ$"
+
+    @property
+    def identifier(self) -> str:
+        return f"usage_{self.pk}"

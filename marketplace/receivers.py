@@ -1,0 +1,36 @@
+"""Receivers of other apps' signals (billing does not know who to e-mail)."""
+
+from typing import Any
+
+from django.core.mail import send_mail
+from django.dispatch import receiver
+
+from billing import ledger, money
+
+from .models import Membership, Role, Tenant
+
+
+@receiver(ledger.low_balance)
+def low_balance_email(
+    sender: object, *, tenant_id: int, available_micros: int, threshold_micros: int, **_: Any
+) -> None:
+    """Tell the tenant's owners and billing members that credit is running low."""
+    tenant = Tenant.objects.get(pk=tenant_id)
+    recipients = list(
+        Membership.objects.filter(tenant=tenant, role__in=[Role.OWNER, Role.BILLING]).values_list(
+            "user__email", flat=True
+        )
+    )
+    if not recipients:
+        return
+    send_mail(
+        subject=f"[Cango] {tenant.name}: credit below {money.format_usd(threshold_micros)}",
+        message=(
+            f"The available credit of {tenant.name} is {money.format_usd(available_micros)}, "
+            f"below your alert threshold of {money.format_usd(threshold_micros)}.\n\n"
+            "Calls are refused with 402 once it reaches zero. Buy credits or turn on "
+            "automatic top-up on the Billing page.\n"
+        ),
+        from_email=None,
+        recipient_list=recipients,
+    )
