@@ -144,7 +144,15 @@ def _reserve_portable(
         KeySpend.objects.bulk_create(
             [KeySpend(api_key_id=api_key_id, month=month)], ignore_conflicts=True
         )
+    # Lock order everywhere: the account row, then the key's month row. Settling
+    # and releasing take them in the same order, so these can never deadlock.
     with transaction.atomic():
+        covered = CreditAccount.objects.filter(
+            tenant_id=tenant_id,
+            balance_micros__gte=F("reserved_micros") + amount_micros,
+        ).update(reserved_micros=F("reserved_micros") + amount_micros)
+        if not covered:
+            raise InsufficientCredits("Not enough credit for this call; buy more credits.")
         if month is not None and api_key_id is not None and key_cap_micros is not None:
             within_cap = KeySpend.objects.filter(
                 api_key_id=api_key_id,
@@ -153,12 +161,6 @@ def _reserve_portable(
             ).update(reserved_micros=F("reserved_micros") + amount_micros)
             if not within_cap:
                 raise KeyBudgetExceeded("This API key has reached its monthly spend cap.")
-        covered = CreditAccount.objects.filter(
-            tenant_id=tenant_id,
-            balance_micros__gte=F("reserved_micros") + amount_micros,
-        ).update(reserved_micros=F("reserved_micros") + amount_micros)
-        if not covered:
-            raise InsufficientCredits("Not enough credit for this call; buy more credits.")
         reservation = Reservation.objects.create(
             account=CreditAccount.objects.only("pk").get(tenant_id=tenant_id),
             tenant_id=tenant_id,
@@ -197,7 +199,7 @@ WITH r AS (
     UPDATE billing_keyspend s
        SET spent_micros = s.spent_micros + %(cost)s,
            reserved_micros = s.reserved_micros - r.amount_micros
-      FROM r
+      FROM r, a
      WHERE s.api_key_id = r.api_key_id AND s.month = r.key_month
  RETURNING 1
 ), u AS (
@@ -333,7 +335,7 @@ WITH r AS (
  RETURNING 1
 ), k AS (
     UPDATE billing_keyspend s SET reserved_micros = s.reserved_micros - r.amount_micros
-      FROM r WHERE s.api_key_id = r.api_key_id AND s.month = r.key_month
+      FROM r, a WHERE s.api_key_id = r.api_key_id AND s.month = r.key_month
  RETURNING 1
 )
 SELECT (SELECT count(*) FROM a), (SELECT count(*) FROM k)

@@ -24,6 +24,7 @@ from marketplace.models import Job
 
 from . import kserve, routing, triton, webhooks
 from .dispatch import NoHealthySite, SitesUnavailable, dispatch
+from .failpoints import failpoint
 
 logger = logging.getLogger(__name__)
 
@@ -182,6 +183,7 @@ def job_run(*, job_id: int, worker_site: str) -> RunResult:
     )
     units = min(units_used(model, input_elements=elements, done=done), bound)
     usage = pricing.usage(model, units)
+    failpoint("job_before_settle")
     finished = _finish(
         job,
         status=Job.Status.SUCCEEDED,

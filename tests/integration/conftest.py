@@ -133,7 +133,12 @@ class CeleryCluster:
         }
 
     def start_worker(
-        self, name: str, queue: str, site: str = "", concurrency: int = 2
+        self,
+        name: str,
+        queue: str,
+        site: str = "",
+        concurrency: int = 2,
+        extra_env: dict[str, str] | None = None,
     ) -> CeleryProcess:
         log = self.workdir / f"{name}.log"
         argv = [
@@ -152,7 +157,7 @@ class CeleryCluster:
             "--without-gossip",
             "--without-mingle",
         ]
-        env = {**self.env, "CANGO_WORKER_SITE": site}
+        env = {**self.env, "CANGO_WORKER_SITE": site, **(extra_env or {})}
         popen = subprocess.Popen(
             argv,
             cwd=ROOT,
@@ -250,3 +255,75 @@ def metrics_totals(site: SiteProcess) -> int:
 
 def json_dumps(value: object) -> bytes:
     return json.dumps(value).encode()
+
+
+def funded_tenant(amount_micros: int):
+    """A tenant whose credit is exactly ``amount_micros``, with an API client."""
+    from rest_framework.test import APIClient
+
+    from billing import ledger
+    from billing.models import LedgerEntry
+    from tests.factories import MembershipFactory, api_key_make
+
+    membership = MembershipFactory.create()
+    ledger.entry_book(
+        tenant_id=membership.tenant.pk,
+        kind=LedgerEntry.Kind.PURCHASE,
+        source=f"test-purchase-{membership.tenant.pk}",
+        amount_micros=amount_micros,
+    )
+    key, token = api_key_make(membership.tenant)
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
+    return membership.tenant, key, token, api
+
+
+@pytest.fixture(scope="session")
+def web_server(
+    celery_cluster: CeleryCluster, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """The marketplace under granian (as in production) against the test database.
+
+    Used where Django's single-process live server would be the bottleneck (many
+    concurrent clients). Its catalog cache is off: the database is flushed between
+    tests and a cached model row from one test must not reach the next.
+    """
+    port = triton_launcher.port_free()
+    log = tmp_path_factory.mktemp("web") / "granian.log"
+    argv = [
+        str(Path(sys.executable).with_name("granian")),
+        "--interface",
+        "wsgi",
+        "config.wsgi:application",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "2",
+        "--blocking-threads",
+        "8",
+        "--no-ws",
+        "--log-level",
+        "warning",
+    ]
+    env = {**celery_cluster.env, "CATALOG_CACHE_SECONDS": "0", "ALLOWED_HOSTS": "*"}
+    popen = subprocess.Popen(
+        argv,
+        cwd=ROOT,
+        env=env,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    netloc = f"127.0.0.1:{port}"
+    try:
+
+        def live() -> bool:
+            return triton_launcher.http_get(f"http://{netloc}/v1/health/live") is not None
+
+        wait_for(live, timeout=30)
+        yield netloc
+    finally:
+        os.killpg(popen.pid, signal.SIGTERM)
+        popen.wait(timeout=15)
