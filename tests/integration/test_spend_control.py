@@ -5,6 +5,7 @@ concurrent requests, exactly 50 succeed and 150 get 402; the balance never goes
 below zero and always equals the ledger's sum.
 """
 
+import contextlib
 import http.client
 import json
 import threading
@@ -65,10 +66,8 @@ def _fire(
 
     def call(_: int) -> tuple[int, dict]:
         conn = http.client.HTTPConnection(netloc, timeout=60)
-        try:
+        with contextlib.suppress(threading.BrokenBarrierError):
             barrier.wait(timeout=10)
-        except threading.BrokenBarrierError:
-            pass
         conn.request(
             "POST",
             path,
@@ -99,7 +98,8 @@ def test_200_concurrent_sync_calls_exactly_50_succeed(web_server, registered):
     assert {body["error"]["code"] for status, body in results if status == 402} == {
         "insufficient_credits"
     }
-    assert watch.lowest_available is not None and watch.lowest_available >= 0
+    assert watch.lowest_available is not None
+    assert watch.lowest_available >= 0
     assert watch.lowest_balance >= 0
     account = _assert_ledger_consistent(tenant.pk)
     assert account.balance_micros == 0
@@ -121,7 +121,8 @@ def test_200_concurrent_jobs_exactly_50_accepted_and_charged_once(web_server, re
         wait_for(
             lambda: Job.objects.filter(tenant=tenant, status="succeeded").count() == 50, timeout=90
         )
-    assert watch.lowest_available is not None and watch.lowest_available >= 0
+    assert watch.lowest_available is not None
+    assert watch.lowest_available >= 0
     account = _assert_ledger_consistent(tenant.pk)
     assert account.balance_micros == 0
     assert LedgerEntry.objects.filter(tenant=tenant, kind="usage").count() == 50
