@@ -134,14 +134,20 @@ def median(values: list[float]) -> float:
 
 
 @contextmanager
-def granian(env: dict[str, str], *, workers: int = 1, threads: int = 4) -> Iterator[int]:
+def granian(
+    env: dict[str, str],
+    *,
+    workers: int = 1,
+    threads: int = 4,
+    app: str = "config.wsgi:application",
+) -> Iterator[int]:
     """Run the project's WSGI app under granian, as the run command does; yield its port."""
     port = free_port()
     cmd = [
         str(Path(sys.executable).with_name("granian")),
         "--interface",
         "wsgi",
-        "config.wsgi:application",
+        app,
         "--host",
         "127.0.0.1",
         "--port",

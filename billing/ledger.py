@@ -13,9 +13,11 @@ transaction; the tests run both.
 import logging
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from typing import Any
 
 import django.dispatch
-from django.db import IntegrityError, connection, transaction
+import psycopg
+from django.db import IntegrityError, connection, connections, transaction
 from django.db.models import F, Sum
 from django.utils import timezone
 
@@ -55,6 +57,21 @@ def _fast() -> bool:
     return connection.vendor == "postgresql" and not force_portable
 
 
+def _execute(using: str, sql: str, params: dict[str, object]) -> tuple[Any, ...] | None:
+    """Run one statement as a server-side prepared statement; return its first row.
+
+    Django binds parameters on the client, which makes PostgreSQL parse and plan
+    these multi-CTE statements on every call (~0.13 ms here); prepared once per
+    connection, they are only executed. Needs a session-level connection (not a
+    transaction-pooling proxy).
+    """
+    wrapper = connections[using]
+    wrapper.ensure_connection()
+    with wrapper.wrap_database_errors, psycopg.Cursor(wrapper.connection) as cursor:
+        cursor.execute(sql, params, prepare=True)
+        return cursor.fetchone()
+
+
 def _month(now: datetime) -> date:
     return date(now.year, now.month, 1)
 
@@ -89,31 +106,33 @@ def credit_reserve(
     ttl_seconds: float,
     api_key_id: int | None = None,
     key_cap_micros: int | None = None,
+    using: str = "default",
 ) -> Hold:
     """Hold ``amount_micros`` of the tenant's available credit (and of the key's cap).
 
     Raises ``InsufficientCredits`` when balance − open reservations does not cover it,
     ``KeyBudgetExceeded`` when the key's spend this month plus its open reservations
-    would pass its cap. Either way nothing is written.
+    would pass its cap. Either way nothing is written. ``using="holds"`` writes the
+    hold without waiting for the WAL flush (see ``config.settings.base.databases``);
+    only for holds outside any transaction of the default connection.
     """
     if amount_micros < 0:
         raise ValueError("a reservation cannot be negative")
     now = timezone.now()
     expires = now + timedelta(seconds=ttl_seconds)
     if _fast() and key_cap_micros is None:
-        with connection.cursor() as cursor:
-            cursor.execute(
-                _RESERVE_SQL,
-                {
-                    "amount": amount_micros,
-                    "tenant": tenant_id,
-                    "source": source,
-                    "key": api_key_id,
-                    "now": now,
-                    "expires": expires,
-                },
-            )
-            row = cursor.fetchone()
+        row = _execute(
+            using,
+            _RESERVE_SQL,
+            {
+                "amount": amount_micros,
+                "tenant": tenant_id,
+                "source": source,
+                "key": api_key_id,
+                "now": now,
+                "expires": expires,
+            },
+        )
         if row is None:
             raise InsufficientCredits("Not enough credit for this call; buy more credits.")
         return Hold(reservation_id=row[0], amount_micros=amount_micros)
@@ -231,19 +250,18 @@ def credit_settle(
     cost = max(0, min(cost_micros, hold.amount_micros))
     now = timezone.now()
     if _fast():
-        with connection.cursor() as cursor:
-            cursor.execute(
-                _SETTLE_SQL,
-                {
-                    "cost": cost,
-                    "now": now,
-                    "reservation": hold.reservation_id,
-                    "source": source,
-                    "model": model_slug,
-                    "units": units,
-                },
-            )
-            row = cursor.fetchone()
+        row = _execute(
+            "default",
+            _SETTLE_SQL,
+            {
+                "cost": cost,
+                "now": now,
+                "reservation": hold.reservation_id,
+                "source": source,
+                "model": model_slug,
+                "units": units,
+            },
+        )
         if row is None:
             return None
         settled = Settled(
@@ -342,13 +360,14 @@ SELECT (SELECT count(*) FROM a), (SELECT count(*) FROM k)
 """
 
 
-def credit_release(*, reservation_id: int) -> bool:
-    """Free a hold without charging (the call failed or was canceled). Idempotent."""
+def credit_release(*, reservation_id: int, using: str = "default") -> bool:
+    """Free a hold without charging (the call failed or was canceled). Idempotent.
+
+    A release lost to a crash (``using="holds"``) is redone by the expiry sweep.
+    """
     now = timezone.now()
     if _fast():
-        with connection.cursor() as cursor:
-            cursor.execute(_RELEASE_SQL, {"now": now, "reservation": reservation_id})
-            row = cursor.fetchone()
+        row = _execute(using, _RELEASE_SQL, {"now": now, "reservation": reservation_id})
         return bool(row and row[0])
     with transaction.atomic():
         reservation = (

@@ -64,8 +64,14 @@ class LedgerEntry(models.Model):
         GRANT = "grant", "Grant"
         EXPIRY = "expiry", "Expiry"
 
-    account = models.ForeignKey(CreditAccount, on_delete=models.PROTECT, related_name="entries")
-    tenant = models.ForeignKey("marketplace.Tenant", on_delete=models.PROTECT, related_name="+")
+    # Foreign keys without their own index where a composite index leads with them:
+    # every index is written on the hot path of every charge.
+    account = models.ForeignKey(
+        CreditAccount, on_delete=models.PROTECT, related_name="entries", db_index=False
+    )
+    tenant = models.ForeignKey(
+        "marketplace.Tenant", on_delete=models.PROTECT, related_name="+", db_index=False
+    )
     kind = models.CharField(max_length=16, choices=Kind.choices)
     source = models.CharField(max_length=128, help_text="What caused it: job:…, cs_…, req_…")
     amount_micros = models.BigIntegerField()
@@ -74,7 +80,12 @@ class LedgerEntry(models.Model):
     units = models.BigIntegerField(null=True, blank=True)
     reason = models.TextField(blank=True)
     created_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        db_index=False,
     )
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -102,8 +113,12 @@ class Reservation(models.Model):
         SETTLED = "settled", "Settled"
         RELEASED = "released", "Released"
 
-    account = models.ForeignKey(CreditAccount, on_delete=models.PROTECT, related_name="+")
-    tenant = models.ForeignKey("marketplace.Tenant", on_delete=models.PROTECT, related_name="+")
+    account = models.ForeignKey(
+        CreditAccount, on_delete=models.PROTECT, related_name="+", db_index=False
+    )
+    tenant = models.ForeignKey(
+        "marketplace.Tenant", on_delete=models.PROTECT, related_name="+", db_index=False
+    )
     source = models.CharField(max_length=128)
     amount_micros = models.BigIntegerField()
     settled_micros = models.BigIntegerField(null=True, blank=True)
@@ -151,8 +166,12 @@ class UsageRecord(models.Model):
     event's ``identifier``, so a resend is deduplicated by Stripe.
     """
 
-    account = models.ForeignKey(CreditAccount, on_delete=models.PROTECT, related_name="+")
-    tenant = models.ForeignKey("marketplace.Tenant", on_delete=models.PROTECT, related_name="+")
+    account = models.ForeignKey(
+        CreditAccount, on_delete=models.PROTECT, related_name="+", db_index=False
+    )
+    tenant = models.ForeignKey(
+        "marketplace.Tenant", on_delete=models.PROTECT, related_name="+", db_index=False
+    )
     ledger_entry = models.OneToOneField(LedgerEntry, on_delete=models.PROTECT, related_name="+")
     model_slug = models.CharField(max_length=64)
     api_key_id = models.BigIntegerField(null=True, blank=True)
@@ -177,3 +196,104 @@ class UsageRecord(models.Model):
     @property
     def identifier(self) -> str:
         return f"usage_{self.pk}"
+
+
+class Purchase(models.Model):
+    """Credit bought through Stripe: a Checkout Session or an automatic top-up."""
+
+    class Kind(models.TextChoices):
+        CHECKOUT = "checkout", "Checkout"
+        AUTO_TOPUP = "auto_topup", "Automatic top-up"
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        PAID = "paid", "Paid"
+        FAILED = "failed", "Failed"
+        CANCELED = "canceled", "Canceled"
+
+    account = models.ForeignKey(CreditAccount, on_delete=models.PROTECT, related_name="purchases")
+    tenant = models.ForeignKey("marketplace.Tenant", on_delete=models.PROTECT, related_name="+")
+    kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.CHECKOUT)
+    amount_cents = models.PositiveIntegerField()
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    stripe_checkout_session_id = models.CharField(max_length=255, blank=True, db_index=True)
+    stripe_payment_intent_id = models.CharField(max_length=255, blank=True, db_index=True)
+    stripe_credit_grant_id = models.CharField(max_length=255, blank=True)
+    failure_message = models.CharField(max_length=500, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    paid_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.amount_cents}¢ {self.status}"
+
+    @property
+    def ledger_source(self) -> str:
+        return f"purchase:{self.pk}"
+
+
+class StripeEvent(models.Model):
+    """Each Stripe event id, recorded once: a replayed webhook changes nothing."""
+
+    event_id = models.CharField(max_length=255, unique=True)
+    type = models.CharField(max_length=100)
+    created = models.DateTimeField(help_text="When Stripe created the event.")
+    received_at = models.DateTimeField(auto_now_add=True)
+    processed = models.BooleanField(default=False)
+
+    def __str__(self) -> str:
+        return f"{self.event_id} {self.type}"
+
+
+class BillingMeter(models.Model):
+    """A catalog model's Stripe Billing Meter and metered Price (value: micro-USD charged)."""
+
+    model_slug = models.CharField(max_length=64, unique=True)
+    event_name = models.CharField(max_length=100, unique=True)
+    stripe_meter_id = models.CharField(max_length=255, blank=True)
+    stripe_price_id = models.CharField(max_length=255, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"meter {self.event_name}"
+
+
+class SubscriptionItem(models.Model):
+    """A metered price on a tenant's Stripe subscription."""
+
+    account = models.ForeignKey(CreditAccount, on_delete=models.PROTECT, related_name="+")
+    meter = models.ForeignKey(BillingMeter, on_delete=models.PROTECT, related_name="+")
+    stripe_subscription_item_id = models.CharField(max_length=255)
+
+    class Meta:
+        constraints: ClassVar = [
+            models.UniqueConstraint(fields=["account", "meter"], name="subscriptionitem_unique")
+        ]
+
+    def __str__(self) -> str:
+        return self.stripe_subscription_item_id
+
+
+class Invoice(models.Model):
+    """A mirror of a Stripe invoice for the portal, kept by ``invoice.*`` webhooks."""
+
+    tenant = models.ForeignKey("marketplace.Tenant", on_delete=models.PROTECT, related_name="+")
+    stripe_invoice_id = models.CharField(max_length=255, unique=True)
+    number = models.CharField(max_length=64, blank=True)
+    status = models.CharField(max_length=32)
+    period_start = models.DateTimeField()
+    period_end = models.DateTimeField()
+    subtotal_cents = models.BigIntegerField(default=0)
+    credit_cents = models.BigIntegerField(default=0)
+    total_cents = models.BigIntegerField(default=0)
+    amount_due_cents = models.BigIntegerField(default=0)
+    hosted_invoice_url = models.URLField(max_length=500, blank=True)
+    invoice_pdf_url = models.URLField(max_length=500, blank=True)
+    lines = models.JSONField(default=list, blank=True)
+    stripe_event_created = models.DateTimeField(help_text="The newest event applied.")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        indexes: ClassVar = [models.Index(fields=["tenant", "-period_end"])]
+
+    def __str__(self) -> str:
+        return self.number or self.stripe_invoice_id

@@ -5,12 +5,14 @@ from django.template.loader import render_to_string
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from billing.views import stripe_webhook
 from marketplace.api.errors import json_error_response
 from marketplace.api.inference import ServerMetadataView
 from marketplace.views import SignupView
 
 urlpatterns = [
     path("admin/", admin.site.urls),
+    path("billing/stripe/webhook", stripe_webhook, name="stripe-webhook"),
     path("accounts/signup/", SignupView.as_view(), name="account_signup"),
     path("accounts/", include("allauth.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),

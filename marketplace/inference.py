@@ -126,12 +126,13 @@ def _charged(
         ttl_seconds=settings.INFER_TIMEOUT_SECONDS + 60,
         api_key_id=key.pk if key else None,
         key_cap_micros=key.monthly_spend_cap_micros if key else None,
+        using="holds",
     )
     try:
         done = call()
         units = min(units_used(model, input_elements=input_elements, done=done), max_units)
     except BaseException:
-        ledger.credit_release(reservation_id=hold.reservation_id)
+        ledger.credit_release(reservation_id=hold.reservation_id, using="holds")
         raise
     usage = pricing.usage(model, units)
     ledger.credit_settle(

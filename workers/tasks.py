@@ -9,8 +9,6 @@ import os
 
 from celery import shared_task
 
-from billing import ledger
-
 from . import health, jobs, webhooks
 
 logger = logging.getLogger(__name__)
@@ -48,8 +46,3 @@ def job_run(job_id: int) -> str:
 def webhook_deliver(job_id: int, attempt: int) -> None:
     webhooks.deliver(job_id, attempt)
 
-
-@shared_task(name="billing.reservations_release", acks_late=False, expires=30, ignore_result=True)
-def reservations_release() -> None:
-    """Free the holds of calls that never settled (a crashed web process or worker)."""
-    ledger.reservations_release_expired()

@@ -3,11 +3,11 @@
 import uuid
 
 from .base import *  # noqa: F403
-from .base import database_from_env, env
+from .base import database_from_env, databases, env
 
 SECRET_KEY = "test-only-secret-key"  # noqa: S105
 ALLOWED_HOSTS = ["*"]
-DATABASES = {"default": database_from_env("postgres://postgres@127.0.0.1:5432/cango")}
+DATABASES = databases(database_from_env("postgres://postgres@127.0.0.1:5432/cango"))
 EMAIL_BACKEND = env.str("EMAIL_BACKEND", default="django.core.mail.backends.locmem.EmailBackend")
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 STORAGES = {

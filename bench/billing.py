@@ -1,0 +1,172 @@
+"""Benchmark: what billing adds to a sync request, and meter events sent per second.
+
+In one run, against one real tritonserver site and PostgreSQL:
+
+* the same echo request through two granian servers side by side — the marketplace
+  as shipped (reserve before, settle after) and ``bench.nobilling_wsgi`` (the same
+  code with the hold and the charge taken out) — sequential p50/p99 over alternating
+  rounds; the difference is what billing adds;
+* meter events per second: N usage records sent by ``billing.metering.usage_send``
+  to the project's Stripe-compatible server through the official ``stripe`` client.
+
+    .venv/bin/python -m bench.billing
+
+Targets (issue 4): billing adds at most 1 ms at p50; at least 1,000 meter events/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+from bench.harness import ROOT, Request, database_prepare, granian, median, percentile, sequential
+
+ECHO = {"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]}
+
+
+def _setup(workdir: Path) -> tuple[dict[str, str], str, object, int]:
+    env = database_prepare()
+    from billing import ledger
+    from billing.models import LedgerEntry
+    from deploy import triton as launcher
+    from marketplace import services as marketplace_services
+    from marketplace.models import User
+    from workers import health, services
+
+    site = launcher.site_start("bill-1", ["echo"], workdir)
+    services.server_register(
+        site_slug=site.slug,
+        http_url=site.http_url,
+        metrics_url=site.metrics_url,
+        defaults=services.defaults_load(str(ROOT / "deploy" / "catalog.json")),
+    )
+    health.servers_check()
+    owner, _ = User.objects.get_or_create(email="bench@cango.local")
+    tenant = marketplace_services.tenant_create(name="Bench billing", owner=owner)
+    ledger.entry_book(
+        tenant_id=tenant.pk,
+        kind=LedgerEntry.Kind.GRANT,
+        source="bench",
+        amount_micros=10**12,
+    )
+    _, token = marketplace_services.api_key_create(tenant=tenant, actor=owner, name="bench")
+    return env, token, site, tenant.pk
+
+
+def _meter_events(tenant_id: int, count: int) -> float:
+    """Seed ``count`` unsent usage records, send them all, return events per second."""
+    from django.conf import settings
+    from django.utils import timezone
+
+    from billing import metering, payments, stripe_gateway
+    from billing.models import CreditAccount, LedgerEntry, UsageRecord
+    from deploy.stripe_server import StripeServer
+
+    server = StripeServer()
+    server.start()
+    try:
+        settings.STRIPE_API_BASE = server.url
+        settings.STRIPE_SECRET_KEY = "sk_test_bench"  # noqa: S105 - the local test server
+        stripe_gateway.client.cache_clear()
+        payments.customer_ensure(tenant_id=tenant_id, tenant_name="Bench", email="b@x.y")
+        account = CreditAccount.objects.get(tenant_id=tenant_id)
+        UsageRecord.objects.filter(tenant_id=tenant_id).update(sent_at=timezone.now())
+        now = timezone.now()
+        entries = LedgerEntry.objects.bulk_create(
+            LedgerEntry(
+                account=account,
+                tenant_id=tenant_id,
+                kind="usage",
+                source=f"bench-meter:{time.time_ns()}:{i}",
+                amount_micros=-10,
+                model_slug="echo",
+                units=1,
+            )
+            for i in range(count)
+        )
+        UsageRecord.objects.bulk_create(
+            UsageRecord(
+                account=account,
+                tenant_id=tenant_id,
+                ledger_entry=entry,
+                model_slug="echo",
+                units=1,
+                cost_micros=10,
+                created_at=now,
+            )
+            for entry in entries
+        )
+        metering.usage_send(limit=10)  # creates the meter, price and subscription first
+        started = time.perf_counter()
+        sent = 0
+        while True:
+            result = metering.usage_send(limit=count)
+            sent += result["sent"]
+            if not result["sent"]:
+                break
+        elapsed = time.perf_counter() - started
+        return sent / elapsed
+    finally:
+        server.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--requests", type=int, default=2000, help="sequential, per round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--meter-events", type=int, default=5000)
+    args = parser.parse_args()
+
+    workdir = Path(tempfile.mkdtemp(prefix="bench-billing-"))
+    env, token, site, tenant_id = _setup(workdir)
+    request = Request(
+        "POST",
+        "/v2/models/echo/infer",
+        {"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
+        json.dumps(ECHO).encode(),
+    )
+    samples: dict[str, dict[str, list[float]]] = {
+        name: {"p50": [], "p99": []} for name in ("without", "with")
+    }
+    try:
+        with (
+            granian(env, workers=1, threads=4) as with_port,
+            granian(
+                env, workers=1, threads=4, app="bench.nobilling_wsgi:application"
+            ) as without_port,
+        ):
+            ports = {"with": with_port, "without": without_port}
+            for round_no in range(args.rounds):
+                order = ["without", "with"] if round_no % 2 == 0 else ["with", "without"]
+                for name in order:
+                    latencies = sequential(ports[name], request, args.requests)
+                    samples[name]["p50"].append(percentile(latencies, 50))
+                    samples[name]["p99"].append(percentile(latencies, 99))
+        rate = _meter_events(tenant_id, args.meter_events)
+    finally:
+        site.stop()  # type: ignore[attr-defined]
+
+    print(f"rounds={args.rounds} sequential={args.requests}/round (echo, one site)")
+    print("| path | p50 ms | p99 ms |")
+    print("| --- | --- | --- |")
+    for name in ("without", "with"):
+        print(
+            f"| {name} reserve+settle | {median(samples[name]['p50']):.3f} "
+            f"| {median(samples[name]['p99']):.3f} |"
+        )
+    added_p50 = median(
+        [w - o for w, o in zip(samples["with"]["p50"], samples["without"]["p50"], strict=True)]
+    )
+    added_p99 = median(
+        [w - o for w, o in zip(samples["with"]["p99"], samples["without"]["p99"], strict=True)]
+    )
+    print(f"billing adds: p50 {added_p50 * 1000:.0f} µs, p99 {added_p99 * 1000:.0f} µs")
+    print("per-round p50 ms:", {k: [round(v, 3) for v in s["p50"]] for k, s in samples.items()})
+    print(f"meter events: {rate:.0f}/s ({args.meter_events} sent to the local Stripe server)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,32 @@
+"""The marketplace with reservation and settle taken out — for ``bench.billing`` only.
+
+Serving this module next to ``config.wsgi`` in the same run measures what billing
+adds to a sync request. It replaces ``marketplace.inference._charged`` with a
+version that runs the call and prices it but holds and charges nothing.
+"""
+
+from collections.abc import Callable
+
+from config.wsgi import application
+from marketplace import inference, pricing
+from marketplace.models import ApiKey, CatalogModel, Tenant
+from workers.dispatch import Dispatched
+
+
+def _uncharged(
+    *,
+    tenant: Tenant,
+    key: ApiKey | None,
+    model: CatalogModel,
+    max_units: int,
+    call: Callable[[], Dispatched],
+    input_elements: int,
+) -> tuple[Dispatched, pricing.Usage, int]:
+    done = call()
+    units = min(inference.units_used(model, input_elements=input_elements, done=done), max_units)
+    return done, pricing.usage(model, units), pricing.cost_micros(model, max_units)
+
+
+inference._charged = _uncharged  # type: ignore[assignment]
+
+__all__ = ["application"]

@@ -1,0 +1,34 @@
+"""Billing's Celery entry points (default queue)."""
+
+from celery import shared_task
+
+from . import ledger, metering, payments, stripe_gateway
+
+
+@shared_task(
+    name="billing.purchase_mirror",
+    acks_late=True,
+    autoretry_for=(stripe_gateway.GatewayError,),
+    retry_backoff=True,
+    retry_jitter=True,
+    max_retries=8,
+    ignore_result=True,
+)
+def purchase_mirror(purchase_id: int) -> None:
+    payments.purchase_mirror(purchase_id=purchase_id)
+
+
+@shared_task(name="billing.usage_send", acks_late=False, expires=20, ignore_result=True)
+def usage_send() -> None:
+    metering.usage_send()
+
+
+@shared_task(name="billing.auto_topups", acks_late=False, expires=60, ignore_result=True)
+def auto_topups() -> None:
+    payments.auto_topups_run()
+
+
+@shared_task(name="billing.reservations_release", acks_late=False, expires=30, ignore_result=True)
+def reservations_release() -> None:
+    """Free the holds of calls that never settled (a crashed web process or worker)."""
+    ledger.reservations_release_expired()

@@ -1,0 +1,186 @@
+"""The ledger's services on PostgreSQL, through both the one-statement and the ORM paths."""
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from billing import ledger
+from billing.exceptions import InsufficientCredits, KeyBudgetExceeded
+from billing.models import CreditAccount, LedgerEntry, Reservation, UsageRecord
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(params=["fast", "portable"])
+def path(request, monkeypatch):
+    monkeypatch.setattr(ledger, "force_portable", request.param == "portable")
+    return request.param
+
+
+def _account(world) -> CreditAccount:
+    return CreditAccount.objects.get(tenant=world.tenant)
+
+
+def test_reserve_settle_charges_actual_cost_and_frees_the_rest(world, path):
+    before = _account(world).balance_micros
+    hold = ledger.credit_reserve(
+        tenant_id=world.tenant.pk, amount_micros=500, source="req:a", ttl_seconds=60
+    )
+    assert _account(world).reserved_micros == 500
+    settled = ledger.credit_settle(
+        hold=hold, cost_micros=120, units=3, model_slug="echo", source="req:a"
+    )
+    assert settled is not None
+    account = _account(world)
+    assert account.balance_micros == before - 120
+    assert account.reserved_micros == 0
+    assert ledger.account_check(account=account) == []
+    entry = LedgerEntry.objects.get(kind="usage", source="req:a")
+    assert (entry.amount_micros, entry.units, entry.model_slug) == (-120, 3, "echo")
+    assert UsageRecord.objects.get(ledger_entry=entry).cost_micros == 120
+
+
+def test_a_second_settle_or_release_changes_nothing(world, path):
+    hold = ledger.credit_reserve(
+        tenant_id=world.tenant.pk, amount_micros=100, source="req:b", ttl_seconds=60
+    )
+    assert ledger.credit_settle(hold=hold, cost_micros=100, units=1, model_slug="m", source="req:b")
+    balance = _account(world).balance_micros
+    assert (
+        ledger.credit_settle(hold=hold, cost_micros=100, units=1, model_slug="m", source="req:b")
+        is None
+    )
+    assert ledger.credit_release(reservation_id=hold.reservation_id) is False
+    assert _account(world).balance_micros == balance
+    assert LedgerEntry.objects.filter(source="req:b").count() == 1
+
+
+def test_charge_is_clamped_to_the_hold(world, path):
+    hold = ledger.credit_reserve(
+        tenant_id=world.tenant.pk, amount_micros=50, source="req:c", ttl_seconds=60
+    )
+    ledger.credit_settle(hold=hold, cost_micros=80, units=1, model_slug="m", source="req:c")
+    assert LedgerEntry.objects.get(source="req:c").amount_micros == -50
+
+
+def test_insufficient_credit_writes_nothing(world, path):
+    available = _account(world).available_micros
+    with pytest.raises(InsufficientCredits):
+        ledger.credit_reserve(
+            tenant_id=world.tenant.pk, amount_micros=available + 1, source="req:d", ttl_seconds=60
+        )
+    assert not Reservation.objects.filter(source="req:d").exists()
+    assert _account(world).reserved_micros == 0
+
+
+def test_release_frees_the_hold(world, path):
+    hold = ledger.credit_reserve(
+        tenant_id=world.tenant.pk, amount_micros=70, source="req:e", ttl_seconds=60
+    )
+    assert ledger.credit_release(reservation_id=hold.reservation_id)
+    account = _account(world)
+    assert account.reserved_micros == 0
+    assert ledger.account_check(account=account) == []
+
+
+def test_key_cap_counts_spend_and_open_holds(world, monkeypatch):
+    key_id = world.key.pk
+    first = ledger.credit_reserve(
+        tenant_id=world.tenant.pk,
+        amount_micros=60,
+        source="req:f1",
+        ttl_seconds=60,
+        api_key_id=key_id,
+        key_cap_micros=100,
+    )
+    with pytest.raises(KeyBudgetExceeded):
+        ledger.credit_reserve(
+            tenant_id=world.tenant.pk,
+            amount_micros=50,
+            source="req:f2",
+            ttl_seconds=60,
+            api_key_id=key_id,
+            key_cap_micros=100,
+        )
+    assert _account(world).reserved_micros == 60  # the refused hold left nothing behind
+    ledger.credit_settle(hold=first, cost_micros=30, units=1, model_slug="m", source="req:f1")
+    ledger.credit_reserve(
+        tenant_id=world.tenant.pk,
+        amount_micros=70,
+        source="req:f3",
+        ttl_seconds=60,
+        api_key_id=key_id,
+        key_cap_micros=100,
+    )
+    with pytest.raises(KeyBudgetExceeded):
+        ledger.credit_reserve(
+            tenant_id=world.tenant.pk,
+            amount_micros=1,
+            source="req:f4",
+            ttl_seconds=60,
+            api_key_id=key_id,
+            key_cap_micros=100,
+        )
+
+
+def test_expired_holds_are_released(world, path):
+    hold = ledger.credit_reserve(
+        tenant_id=world.tenant.pk, amount_micros=40, source="req:g", ttl_seconds=60
+    )
+    Reservation.objects.filter(pk=hold.reservation_id).update(
+        expires_at=timezone.now() - timedelta(seconds=1)
+    )
+    assert ledger.reservations_release_expired() == 1
+    assert Reservation.objects.get(pk=hold.reservation_id).status == "released"
+    assert _account(world).reserved_micros == 0
+
+
+def test_entry_book_is_idempotent_per_source(world):
+    balance = _account(world).balance_micros
+    first, created = ledger.entry_book(
+        tenant_id=world.tenant.pk,
+        kind=LedgerEntry.Kind.PURCHASE,
+        source="purchase:9",
+        amount_micros=5_000_000,
+    )
+    again, created_again = ledger.entry_book(
+        tenant_id=world.tenant.pk,
+        kind=LedgerEntry.Kind.PURCHASE,
+        source="purchase:9",
+        amount_micros=5_000_000,
+    )
+    assert created
+    assert not created_again
+    assert first.pk == again.pk
+    assert _account(world).balance_micros == balance + 5_000_000
+
+
+def test_low_balance_signal_once_per_crossing(world, path, django_capture_on_commit_callbacks):
+    received = []
+    def receiver(**kwargs):
+        received.append(kwargs["available_micros"])
+
+    ledger.low_balance.connect(receiver, weak=False)
+    try:
+        account = _account(world)
+        account.low_balance_threshold_micros = account.balance_micros - 100
+        account.save()
+        for index in range(3):
+            hold = ledger.credit_reserve(
+                tenant_id=world.tenant.pk, amount_micros=80, source=f"req:h{index}", ttl_seconds=60
+            )
+            with django_capture_on_commit_callbacks(execute=True):
+                ledger.credit_settle(
+                    hold=hold, cost_micros=80, units=1, model_slug="m", source=f"req:h{index}"
+                )
+        assert len(received) == 1
+        ledger.entry_book(
+            tenant_id=world.tenant.pk,
+            kind=LedgerEntry.Kind.PURCHASE,
+            source="purchase:top",
+            amount_micros=10_000,
+        )
+        assert _account(world).low_balance_alerted is False  # the top-up re-arms the alert
+    finally:
+        ledger.low_balance.disconnect(receiver)
