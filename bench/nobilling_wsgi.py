@@ -27,6 +27,6 @@ def _uncharged(
     return done, pricing.usage(model, units), pricing.cost_micros(model, max_units)
 
 
-inference._charged = _uncharged  # type: ignore[assignment]
+inference._charged = _uncharged
 
 __all__ = ["application"]

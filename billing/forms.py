@@ -33,7 +33,7 @@ def _usd(cents: int) -> str:
 
 def _dollars(micros: int) -> Decimal:
     """Micro-USD as a dollar amount with two decimals, for a form's initial value."""
-    return Decimal(money.micros_to_cents(micros)) / 100
+    return (Decimal(money.micros_to_cents(micros)) / 100).quantize(Decimal("0.01"))
 
 
 def custom_limits_text() -> str:
@@ -44,6 +44,18 @@ def custom_limits_text() -> str:
 
 def _within_custom_limits(cents: int) -> bool:
     return settings.CREDIT_CUSTOM_MIN_CENTS <= cents <= settings.CREDIT_CUSTOM_MAX_CENTS
+
+
+def _custom_limits_hint(field: forms.Field) -> None:
+    """Let the browser check the custom-amount limits too (the server always does)."""
+    field.widget.attrs.update(
+        {
+            "min": f"{Decimal(settings.CREDIT_CUSTOM_MIN_CENTS) / 100:.2f}",
+            "max": f"{Decimal(settings.CREDIT_CUSTOM_MAX_CENTS) / 100:.2f}",
+            "step": "0.01",
+            "inputmode": "decimal",
+        }
+    )
 
 
 def _dollar_field(label: str, help_text: str = "", **kwargs: Any) -> forms.DecimalField:
@@ -72,14 +84,7 @@ class CreditPurchaseForm(forms.Form):
         self.fields["pack_cents"].choices = [(c, _usd(c)) for c in packs]  # type: ignore[attr-defined]
         amount = self.fields["amount_dollars"]
         amount.help_text = f"Any amount {custom_limits_text()}."
-        amount.widget.attrs.update(
-            {
-                "min": f"{Decimal(settings.CREDIT_CUSTOM_MIN_CENTS) / 100:.2f}",
-                "max": f"{Decimal(settings.CREDIT_CUSTOM_MAX_CENTS) / 100:.2f}",
-                "step": "0.01",
-                "inputmode": "decimal",
-            }
-        )
+        _custom_limits_hint(amount)
 
     def clean_amount_dollars(self) -> Decimal | None:
         dollars: Decimal | None = self.cleaned_data.get("amount_dollars")
@@ -124,9 +129,9 @@ class BillingSettingsForm(forms.Form):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields[
-            "auto_topup_amount_dollars"
-        ].help_text = f"Charged to the saved card each time; {custom_limits_text()}."
+        amount = self.fields["auto_topup_amount_dollars"]
+        amount.help_text = f"Charged to the saved card each time; {custom_limits_text()}."
+        _custom_limits_hint(amount)
 
     @classmethod
     def initial_for(cls, account: CreditAccount | None) -> dict[str, Any]:

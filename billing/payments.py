@@ -111,7 +111,7 @@ def purchase_mirror(*, purchase_id: int) -> None:
     purchase = Purchase.objects.select_related("account").get(pk=purchase_id)
     account = purchase.account
     if not account.stripe_payment_method_id and account.stripe_customer_id:
-        method = stripe_gateway.customer_default_payment_method(account.stripe_customer_id)
+        method = stripe_gateway.customer_saved_card(account.stripe_customer_id)
         if method:
             CreditAccount.objects.filter(pk=account.pk).update(stripe_payment_method_id=method)
     if not purchase.stripe_credit_grant_id and account.stripe_customer_id:

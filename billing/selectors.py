@@ -283,14 +283,13 @@ def usage_summary(
     ]
 
 
-def usage_cost(tenant_id: int, start: datetime, end: datetime) -> int:
-    """What the tenant's usage in ``[start, end)`` cost, in micro-USD (positive)."""
-    total = _usage(tenant_id, start, end).aggregate(total=Coalesce(Sum("amount_micros"), 0))
-    return -int(total["total"])
-
-
 def month_to_date_usage(tenant_id: int, *, now: datetime | None = None) -> int:
-    """What the tenant's usage cost since the start of this UTC month, in micro-USD."""
+    """What the tenant's usage cost since the start of this UTC month, in micro-USD.
+
+    One aggregate over the ``(tenant, kind, created_at)`` index; it reads this month's
+    usage entries of this tenant only. No upper bound: an entry stamped by a web
+    process whose clock runs slightly ahead still counts.
+    """
     total = LedgerEntry.objects.filter(
         tenant_id=tenant_id, kind=LedgerEntry.Kind.USAGE, created_at__gte=month_start_utc(now)
     ).aggregate(total=Coalesce(Sum("amount_micros"), 0))

@@ -75,14 +75,19 @@ def customer_create(*, account_id: int, name: str, email: str, tenant_id: int) -
     return str(customer.id)
 
 
-def customer_default_payment_method(customer_id: str) -> str:
+def customer_saved_card(customer_id: str) -> str:
+    """The card to charge off-session: the customer's default, else the newest saved card."""
     try:
         customer = client().v1.customers.retrieve(customer_id)
+        defaults = customer.invoice_settings
+        if defaults and defaults.default_payment_method:
+            return str(defaults.default_payment_method)
+        cards = client().v1.customers.payment_methods.list(
+            customer_id, params={"type": "card", "limit": 1}
+        )
     except stripe.StripeError as exc:
         raise GatewayError(str(exc)) from exc
-    settings_ = customer.invoice_settings
-    method = settings_.default_payment_method if settings_ else None
-    return str(method or "")
+    return str(cards.data[0].id) if cards.data else ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,17 +242,27 @@ def subscription_item_add(
 def meter_event_send(
     *, identifier: str, event_name: str, customer_id: str, value: int, timestamp: datetime
 ) -> None:
-    """One meter event; Stripe deduplicates ``identifier``, so resending is harmless."""
-    _call(
-        client().v1.billing.meter_events.create,
-        {
-            "event_name": event_name,
-            "identifier": identifier,
-            "timestamp": int(timestamp.timestamp()),
-            "payload": {"stripe_customer_id": customer_id, "value": str(value)},
-        },
-        f"meter_event:{identifier}",
-    )
+    """One meter event; Stripe deduplicates ``identifier``, so resending is harmless.
+
+    Stripe answers a repeated identifier with "An event already exists with
+    identifier …": that event was sent before, which is what was wanted.
+    """
+    try:
+        client().v1.billing.meter_events.create(
+            params={
+                "event_name": event_name,
+                "identifier": identifier,
+                "timestamp": int(timestamp.timestamp()),
+                "payload": {"stripe_customer_id": customer_id, "value": str(value)},
+            },
+            options=_options(f"meter_event:{identifier}"),
+        )
+    except stripe.InvalidRequestError as exc:
+        if "already exists with identifier" in str(exc):
+            return
+        raise GatewayError(str(exc)) from exc
+    except stripe.StripeError as exc:
+        raise GatewayError(str(exc)) from exc
 
 
 def meter_event_total(*, meter_id: str, customer_id: str, start: datetime, end: datetime) -> int:

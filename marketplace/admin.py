@@ -8,9 +8,12 @@ from typing import Any
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
-from django.db.models import QuerySet
+from django.db.models import OuterRef, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
+
+from billing import money
+from billing import selectors as billing_selectors
 
 from . import services
 from .forms import ReasonForm
@@ -78,12 +81,35 @@ def _status_action(
 
 @admin.register(Tenant)
 class TenantAdmin(admin.ModelAdmin[Tenant]):
-    list_display = ("name", "slug", "status", "created_at")
+    list_display = ("name", "slug", "status", "balance", "month_to_date_usage", "created_at")
     list_filter = ("status",)
     search_fields = ("name", "slug", "memberships__user__email")
     readonly_fields = ("status", "status_reason", "status_changed_at", "created_at")
     inlines = (MembershipInline,)
     actions = ("suspend", "reactivate")
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Tenant]:
+        # Balance and this month's usage as correlated subqueries: one query for the
+        # whole page of tenants, not one per row.
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                credit_balance_micros=billing_selectors.balance_subquery(tenant_ref=OuterRef("pk")),
+                usage_month_micros=billing_selectors.usage_cost_subquery(
+                    tenant_ref=OuterRef("pk"), start=billing_selectors.month_start_utc()
+                ),
+            )
+        )
+
+    @admin.display(description="balance", ordering="credit_balance_micros")
+    def balance(self, tenant: Tenant) -> str:
+        micros = getattr(tenant, "credit_balance_micros", None)
+        return "—" if micros is None else money.format_usd(micros)
+
+    @admin.display(description="month-to-date usage", ordering="usage_month_micros")
+    def month_to_date_usage(self, tenant: Tenant) -> str:
+        return money.format_usd(getattr(tenant, "usage_month_micros", None) or 0, places=6)
 
     def has_delete_permission(self, request: HttpRequest, obj: Tenant | None = None) -> bool:
         # A tenant's ledger and invoices must outlive it: suspend instead.

@@ -61,3 +61,18 @@ def world(db: None) -> TenantWorld:
 def other_world(db: None) -> TenantWorld:
     """A second, unrelated tenant: must never see anything of ``world``'s."""
     return _world()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Let every database test use the ``holds`` alias too.
+
+    It mirrors ``default`` in tests (the same connection), but pytest-django only
+    allows aliases a test names.
+    """
+    for item in items:
+        marker = item.get_closest_marker("django_db")
+        if marker is not None and "databases" not in marker.kwargs:
+            item.add_marker(
+                pytest.mark.django_db(*marker.args, **{**marker.kwargs, "databases": "__all__"}),
+                append=False,
+            )

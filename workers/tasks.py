@@ -45,4 +45,3 @@ def job_run(job_id: int) -> str:
 @shared_task(name="workers.webhook_deliver", acks_late=True, ignore_result=True)
 def webhook_deliver(job_id: int, attempt: int) -> None:
     webhooks.deliver(job_id, attempt)
-

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import catalog, inference, jobs, views
+from . import billing, catalog, inference, jobs, views
 
 _jobs = jobs.JobViewSet.as_view({"get": "list", "post": "create"})
 _job = jobs.JobViewSet.as_view({"get": "retrieve"})
@@ -16,4 +16,6 @@ urlpatterns = [
     path("health", views.HealthView.as_view(), name="health"),
     path("health/live", views.LiveView.as_view(), name="health-live"),
     path("me", views.MeView.as_view(), name="me"),
+    path("balance", billing.BalanceView.as_view(), name="balance"),
+    path("usage", billing.UsageView.as_view(), name="usage"),
 ]

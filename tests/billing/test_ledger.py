@@ -158,6 +158,7 @@ def test_entry_book_is_idempotent_per_source(world):
 
 def test_low_balance_signal_once_per_crossing(world, path, django_capture_on_commit_callbacks):
     received = []
+
     def receiver(**kwargs):
         received.append(kwargs["available_micros"])
 

@@ -129,6 +129,9 @@ class CeleryCluster:
             "DATABASE_URL": _database_url(),
             "REDIS_URL": settings.REDIS_URL,
             "PYTHONUNBUFFERED": "1",
+            "STRIPE_API_BASE": settings.STRIPE_API_BASE,
+            "STRIPE_SECRET_KEY": settings.STRIPE_SECRET_KEY,
+            "STRIPE_WEBHOOK_SECRET": settings.STRIPE_WEBHOOK_SECRET,
             **WORKER_ENV,
         }
 
@@ -215,9 +218,31 @@ def _purge_queues(names: list[str]) -> None:
     client.delete(*names, routing.HEALTH_KEY, "unacked", "unacked_index")
 
 
+STRIPE_KEY = "sk_test_cango_integration"
+STRIPE_WEBHOOK_SECRET = "whsec_cango_integration"
+
+
+@pytest.fixture(scope="session")
+def stripe_server() -> Iterator[Any]:
+    """The project's Stripe-compatible server; this process and its children use it."""
+    from billing import stripe_gateway
+    from deploy.stripe_server import StripeServer
+
+    server = StripeServer(webhook_secret=STRIPE_WEBHOOK_SECRET).start()
+    settings.STRIPE_API_BASE = server.url
+    settings.STRIPE_SECRET_KEY = STRIPE_KEY
+    settings.STRIPE_WEBHOOK_SECRET = STRIPE_WEBHOOK_SECRET
+    stripe_gateway.client.cache_clear()
+    yield server
+    server.stop()
+
+
 @pytest.fixture(scope="session")
 def celery_cluster(
-    sites: list[SiteProcess], django_db_setup: None, tmp_path_factory: pytest.TempPathFactory
+    sites: list[SiteProcess],
+    django_db_setup: None,
+    tmp_path_factory: pytest.TempPathFactory,
+    stripe_server: Any,
 ) -> Iterator[CeleryCluster]:
     """One worker per site queue, one for ``default``, and beat (health checks, reaper)."""
     _purge_queues(["default", *(f"site.{s.slug}" for s in sites)])
@@ -266,12 +291,13 @@ def funded_tenant(amount_micros: int):
     from tests.factories import MembershipFactory, api_key_make
 
     membership = MembershipFactory.create()
-    ledger.entry_book(
-        tenant_id=membership.tenant.pk,
-        kind=LedgerEntry.Kind.PURCHASE,
-        source=f"test-purchase-{membership.tenant.pk}",
-        amount_micros=amount_micros,
-    )
+    if amount_micros:
+        ledger.entry_book(
+            tenant_id=membership.tenant.pk,
+            kind=LedgerEntry.Kind.GRANT,
+            source=f"test-grant-{membership.tenant.pk}",
+            amount_micros=amount_micros,
+        )
     key, token = api_key_make(membership.tenant)
     api = APIClient()
     api.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
@@ -327,3 +353,10 @@ def web_server(
     finally:
         os.killpg(popen.pid, signal.SIGTERM)
         popen.wait(timeout=15)
+
+
+@pytest.fixture
+def stripe_webhooks(stripe_server: Any, web_server: str) -> Any:
+    """Stripe's webhooks go to the marketplace under granian."""
+    stripe_server.configure_webhooks(f"http://{web_server}/billing/stripe/webhook")
+    return stripe_server

@@ -12,6 +12,7 @@ from collections.abc import Callable
 import pytest
 from django.urls import URLPattern, URLResolver, get_resolver
 
+from billing import ledger
 from marketplace.models import CatalogModel, Job
 from tests.conftest import TenantWorld
 
@@ -115,10 +116,61 @@ def _me(first: TenantWorld, second: TenantWorld) -> None:
     assert first.key.public_id not in str(body)
 
 
+def _first_tenant_spends(first: TenantWorld) -> None:
+    """Usage of the first tenant's, charged through the real reserve/settle path."""
+    for index, cost in enumerate((1_234_567, 7_654_321)):
+        hold = ledger.credit_reserve(
+            tenant_id=first.tenant.pk,
+            amount_micros=cost,
+            source=f"req_isolation_{index}",
+            ttl_seconds=60,
+            api_key_id=first.key.pk,
+        )
+        ledger.credit_settle(
+            hold=hold,
+            cost_micros=cost,
+            units=3,
+            model_slug="private-model",
+            source=f"req_isolation_{index}",
+        )
+    ledger.credit_reserve(
+        tenant_id=first.tenant.pk, amount_micros=500_000, source="req_open", ttl_seconds=60
+    )
+
+
+def _balance(first: TenantWorld, second: TenantWorld) -> None:
+    _first_tenant_spends(first)
+    own = first.api.get("/v1/balance").json()
+    assert own["balance_micros"] == 100_000_000 - 8_888_888
+    assert own["reserved_micros"] == 500_000
+    assert second.api.get("/v1/balance").json() == {
+        "balance_micros": 100_000_000,
+        "reserved_micros": 0,
+        "available_micros": 100_000_000,
+        "currency": "usd",
+    }
+
+
+def _usage(first: TenantWorld, second: TenantWorld) -> None:
+    _first_tenant_spends(first)
+    for group_by in ("model", "day", "key"):
+        own = first.api.get("/v1/usage", {"group_by": group_by}).json()
+        assert own["total_cost_micros"] == 8_888_888
+        response = second.api.get("/v1/usage", {"group_by": group_by})
+        assert response.status_code == 200
+        body = response.json()
+        assert body["data"] == []
+        assert body["total_cost_micros"] == 0
+        assert "private-model" not in response.content.decode()
+        assert first.key.public_id not in response.content.decode()
+
+
 ENDPOINTS: dict[str, Check] = {
     "v1/health": _public("/v1/health"),
     "v1/health/live": _public("/v1/health/live"),
     "v1/me": _me,
+    "v1/balance": _balance,
+    "v1/usage": _usage,
     "v1/models": _listing("/v1/models", "data"),
     "v1/models/<slug:model>": _hidden("GET", "/v1/models/private-model"),
     "v1/embeddings": _hidden("POST", "/v1/embeddings", {"model": "private-model", "input": "x"}),
