@@ -219,6 +219,11 @@ def main() -> None:
     parser.add_argument("--async-jobs", type=int, default=1600, help="0 skips the async part")
     parser.add_argument("--worker-concurrency", type=int, default=4)
     parser.add_argument("--worker-pool", choices=["prefork", "threads"], default="prefork")
+    parser.add_argument(
+        "--no-billing",
+        action="store_true",
+        help="serve bench.nobilling_wsgi (no hold, no charge) for the sync part",
+    )
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-inference-"))
@@ -240,7 +245,8 @@ def main() -> None:
     }
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        with granian(env, workers=args.web_workers, threads=4) as web_port:
+        app = "bench.nobilling_wsgi:application" if args.no_billing else "config.wsgi:application"
+        with granian(env, workers=args.web_workers, threads=4, app=app) as web_port:
             targets = {"direct": (triton_port, direct), "marketplace": (web_port, via)}
             for round_no in range(args.rounds):
                 order = (
@@ -274,7 +280,8 @@ def main() -> None:
 
     print(
         f"model={args.model} rounds={args.rounds} sequential={requests_per_round}/round "
-        f"clients={args.clients} web workers={args.web_workers}"
+        f"clients={args.clients} web workers={args.web_workers} "
+        f"billing={not args.no_billing}"
     )
     print("| path | p50 ms | p99 ms | req/s (8 clients) |")
     print("| --- | --- | --- | --- |")

@@ -28,6 +28,7 @@ import argparse
 import contextlib
 import os
 import re
+import secrets
 import signal
 import subprocess
 import sys
@@ -46,6 +47,7 @@ from deploy.services import (
     exit_code_of,
     http_status,
     load_dotenv,
+    port_free,
     raise_keyboard_interrupt,
     redact,
     redis_ensure,
@@ -210,7 +212,9 @@ def demo_key(seed_output: str) -> str:
     return match[1] if match else "$CANGO_API_KEY"
 
 
-def banner(base: str, seed_output: str, sites: Sequence[SiteProcess]) -> str:
+def banner(
+    base: str, seed_output: str, sites: Sequence[SiteProcess], *, stripe_standin: bool
+) -> str:
     """The lines shown once the web server answers."""
     rule = "=" * 72
     key = demo_key(seed_output)
@@ -233,6 +237,9 @@ def banner(base: str, seed_output: str, sites: Sequence[SiteProcess]) -> str:
         "Inference (KServe v2) and embeddings (OpenAI-style):",
         f"  curl -i {auth} -d '{tensor}' {base}/v2/models/echo/infer",
         f"  curl {auth} -d '{embed}' {base}/v1/embeddings",
+        "Payments: Billing → Buy credits opens the Stripe stand-in's checkout page"
+        if stripe_standin
+        else "Payments: Stripe (STRIPE_SECRET_KEY is set)",
         "Ctrl-C stops everything.",
         rule,
     ]
@@ -265,6 +272,17 @@ def serve(
             sup.watch("redis", redis.process)
         for site in sites:
             sup.watch(f"triton-{site.slug}", site.popen)
+        stripe_port = env.get("CANGO_STRIPE_STANDIN_PORT")
+        if stripe_port:
+            sup.start(
+                "stripe",
+                [
+                    sys.executable, "-m", "deploy.stripe_server",
+                    "--host", HOST, "--port", stripe_port,
+                    "--webhook-url", f"{base}/billing/stripe/webhook",
+                    "--webhook-secret", env["STRIPE_WEBHOOK_SECRET"],
+                ],
+            )  # fmt: skip
         sup.start("web", [granian, *WEB_ARGS, "--port", str(port)])
         sup.start("worker", [celery, *WORKER_ARGS, "-Q", "default", "-n", "default@%h"])
         for site in sites:
@@ -289,7 +307,7 @@ def serve(
             return last[0] == 200
 
         if sup.wait_until(healthy, timeout=HEALTH_TIMEOUT_SECONDS):
-            sup.say(banner(base, seed_output, sites))
+            sup.say(banner(base, seed_output, sites, stripe_standin=bool(stripe_port)))
         elif not sup.stopping:
             answer = "no answer" if last[0] is None else f"last status {last[0]}"
             sup.fail(f"{health} did not return 200 within {HEALTH_TIMEOUT_SECONDS:g} s ({answer})")
@@ -317,6 +335,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             SITE_URL=f"http://{HOST}:{args.port}",
             PYTHONUNBUFFERED="1",
         )
+        if not os.environ.get("STRIPE_SECRET_KEY"):
+            # No Stripe account configured: payments go to the project's Stripe-compatible
+            # server, in test mode, so the demo can buy credits end to end.
+            stripe_port = str(port_free())
+            env.update(
+                CANGO_STRIPE_STANDIN_PORT=stripe_port,
+                STRIPE_API_BASE=f"http://{HOST}:{stripe_port}",
+                STRIPE_SECRET_KEY="sk_test_cango_demo",  # noqa: S106 - the local stand-in's key
+                STRIPE_WEBHOOK_SECRET="whsec_" + secrets.token_hex(16),
+            )
+            say(f"Payments: Stripe stand-in on {env['STRIPE_API_BASE']} (test mode)")
         database = os.environ.get("DATABASE_URL")
         say(f"Database: {redact(database) if database else 'SQLite var/db.sqlite3'}")
         say(f"Redis   : {redis.describe() if redis else redact(redis_url)}")
