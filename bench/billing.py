@@ -18,11 +18,32 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
-from bench.harness import ROOT, Request, database_prepare, granian, median, percentile, sequential
+from bench.harness import (
+    ROOT,
+    Request,
+    database_prepare,
+    free_port,
+    granian,
+    median,
+    percentile,
+    sequential,
+)
+
+
+def http_get_status(url: str) -> int | None:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 - loopback
+            return int(response.status)
+    except OSError:
+        return None
+
 
 ECHO = {"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]}
 
@@ -62,18 +83,46 @@ def _meter_events(tenant_id: int, count: int) -> float:
     from django.utils import timezone
 
     from billing import metering, payments, stripe_gateway
-    from billing.models import CreditAccount, LedgerEntry, UsageRecord
-    from deploy.stripe_server import StripeServer
+    from billing.models import (
+        BillingMeter,
+        CreditAccount,
+        LedgerEntry,
+        SubscriptionItem,
+        UsageRecord,
+    )
 
-    server = StripeServer()
-    server.start()
+    # The server runs in its own process, as Stripe would: in this one it would share
+    # the interpreter lock with the sender and measure neither.
+    port = free_port()
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "deploy.stripe_server",
+            "--port",
+            str(port),
+            "--log-level",
+            "WARNING",
+        ],
+        cwd=ROOT,
+        start_new_session=True,
+    )
     try:
-        settings.STRIPE_API_BASE = server.url
+        deadline = time.monotonic() + 15
+        while http_get_status(f"http://127.0.0.1:{port}/_test/health") != 200:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the Stripe-compatible server did not start")
+            time.sleep(0.1)
+        settings.STRIPE_API_BASE = f"http://127.0.0.1:{port}"
         settings.STRIPE_SECRET_KEY = "sk_test_bench"  # noqa: S105 - the local test server
         stripe_gateway.client.cache_clear()
+        # Stripe objects of an earlier run lived in an earlier (in-memory) server.
+        SubscriptionItem.objects.all().delete()
+        BillingMeter.objects.all().delete()
+        CreditAccount.objects.update(stripe_customer_id="", stripe_subscription_id="")
         payments.customer_ensure(tenant_id=tenant_id, tenant_name="Bench", email="b@x.y")
         account = CreditAccount.objects.get(tenant_id=tenant_id)
-        UsageRecord.objects.filter(tenant_id=tenant_id).update(sent_at=timezone.now())
+        UsageRecord.objects.filter(sent_at__isnull=True).update(sent_at=timezone.now())
         now = timezone.now()
         entries = LedgerEntry.objects.bulk_create(
             LedgerEntry(
@@ -110,7 +159,8 @@ def _meter_events(tenant_id: int, count: int) -> float:
         elapsed = time.perf_counter() - started
         return sent / elapsed
     finally:
-        server.stop()
+        server.terminate()
+        server.wait(timeout=15)
 
 
 def main() -> None:

@@ -60,6 +60,8 @@ BODIES = {
 
 def _setup(workdir: Path, model: str) -> tuple[dict[str, str], str, object]:
     env = database_prepare()
+    from billing import ledger
+    from billing.models import LedgerEntry
     from deploy import triton as launcher
     from marketplace import services as marketplace_services
     from marketplace.models import User
@@ -75,6 +77,9 @@ def _setup(workdir: Path, model: str) -> tuple[dict[str, str], str, object]:
     health.servers_check()
     owner, _ = User.objects.get_or_create(email="bench@cango.local")
     tenant = marketplace_services.tenant_create(name="Bench", owner=owner)
+    ledger.entry_book(
+        tenant_id=tenant.pk, kind=LedgerEntry.Kind.GRANT, source="bench", amount_micros=10**12
+    )
     _, token = marketplace_services.api_key_create(tenant=tenant, actor=owner, name="bench")
     return env, token, site
 

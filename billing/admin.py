@@ -20,9 +20,9 @@ from django.template.response import TemplateResponse
 from marketplace.models import User
 from marketplace.services import audit_record
 
-from . import ledger, money
-from .forms import StaffCreditForm
-from .models import CreditAccount, LedgerEntry, Reservation, UsageRecord
+from . import ledger, money, payments, stripe_gateway
+from .forms import StaffCreditForm, StaffRefundForm
+from .models import CreditAccount, Invoice, LedgerEntry, Purchase, Reservation, UsageRecord
 
 
 def _usd(micros: int | None) -> str:
@@ -255,3 +255,64 @@ class UsageRecordAdmin(ReadOnlyAdmin):
     @admin.display(description="cost", ordering="cost_micros")
     def cost(self, record: UsageRecord) -> str:
         return _usd(record.cost_micros)
+
+
+@admin.register(Purchase)
+class PurchaseAdmin(ReadOnlyAdmin):
+    """Purchases; staff refund a paid one here (the ledger entry follows Stripe's webhook)."""
+
+    list_display = ("created_at", "tenant", "kind", "amount", "status", "stripe_payment_intent_id")
+    list_filter = ("status", "kind")
+    search_fields = ("tenant__name", "=stripe_checkout_session_id", "=stripe_payment_intent_id")
+    list_select_related = ("tenant",)
+    actions = ("refund",)
+
+    @admin.display(description="amount", ordering="amount_cents")
+    def amount(self, obj: Purchase) -> str:
+        return money.format_usd(money.cents_to_micros(obj.amount_cents))
+
+    @admin.action(description="Refund selected purchases (asks for amount and reason)")
+    def refund(self, request: HttpRequest, queryset: QuerySet[Purchase]) -> HttpResponse | None:
+        form = StaffRefundForm(request.POST if "apply" in request.POST else None)
+        if form.is_valid():
+            for purchase in queryset.select_related("tenant"):
+                cents = form.cleaned_data["amount_cents"] or purchase.amount_cents
+                try:
+                    refund_id = payments.refund_purchase(
+                        purchase=purchase, amount_cents=cents, key=form.cleaned_data["token"]
+                    )
+                except (payments.AmountInvalid, stripe_gateway.GatewayError) as exc:
+                    self.message_user(request, f"Purchase {purchase.pk}: {exc}", messages.ERROR)
+                    continue
+                audit_record(
+                    action="credit.refunded",
+                    actor=request.user,  # type: ignore[arg-type]
+                    target=purchase,
+                    tenant=purchase.tenant,
+                    reason=form.cleaned_data["reason"],
+                    metadata={"amount_cents": cents, "stripe_refund": refund_id},
+                )
+                self.message_user(
+                    request,
+                    f"Purchase {purchase.pk}: refund {refund_id} requested.",
+                    messages.SUCCESS,
+                )
+            return None
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Refund purchases",
+            "objects": queryset,
+            "form": form,
+            "action_name": "refund",
+            "action_checkbox_name": ACTION_CHECKBOX_NAME,
+            "opts": self.model._meta,
+        }
+        return TemplateResponse(request, "admin/billing/purchase/refund.html", context)
+
+
+@admin.register(Invoice)
+class InvoiceAdmin(ReadOnlyAdmin):
+    list_display = ("number", "tenant", "status", "period_start", "period_end", "total_cents")
+    list_filter = ("status",)
+    search_fields = ("number", "tenant__name", "=stripe_invoice_id")
+    list_select_related = ("tenant",)

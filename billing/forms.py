@@ -3,6 +3,7 @@
 Amounts are typed in dollars and turned into integers by ``billing.money`` only.
 """
 
+import uuid
 from datetime import date, timedelta
 from decimal import Decimal
 from typing import Any
@@ -261,3 +262,26 @@ class StaffCreditForm(forms.Form):
     def amount_micros(self) -> int:
         """The amount in micro-USD; only after ``is_valid()``."""
         return _micros(self.cleaned_data["amount_dollars"])
+
+
+class StaffRefundForm(forms.Form):
+    """A staff refund: the amount (empty: the whole purchase) and why."""
+
+    amount = forms.DecimalField(
+        label="Amount (USD)",
+        required=False,
+        min_value=Decimal("0.01"),
+        max_digits=10,
+        decimal_places=2,
+        help_text="Leave empty to refund each selected purchase in full.",
+    )
+    reason = forms.CharField(
+        label="Reason", max_length=500, widget=forms.Textarea(attrs={"rows": 3})
+    )
+    token = forms.CharField(widget=forms.HiddenInput, initial=lambda: uuid.uuid4().hex)
+
+    def clean(self) -> dict[str, object]:
+        data = super().clean() or {}
+        amount = data.get("amount")
+        data["amount_cents"] = int(amount * 100) if amount is not None else None
+        return data

@@ -185,7 +185,9 @@ class UsageRecord(models.Model):
     class Meta:
         indexes: ClassVar = [
             models.Index(
-                fields=["created_at"], condition=Q(sent_at__isnull=True), name="usage_unsent"
+                fields=["attempts", "created_at"],
+                condition=Q(sent_at__isnull=True),
+                name="usage_unsent",
             ),
             models.Index(fields=["tenant", "created_at"]),
         ]

@@ -171,6 +171,9 @@ def tritonserver_env(base: dict[str, str] | None = None) -> dict[str, str]:
     )
     env.setdefault("PYTHONNOUSERSITE", "1")
     env.pop("PYTHONHOME", None)
+    # PyTorch's OpenMP threads spin for a while after each batch by default, taking
+    # the CPU from PostgreSQL and the web process on a small machine; make them sleep.
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     return env
 
 
