@@ -16,10 +16,14 @@ Decisions (see the package docstring for the full list):
 from __future__ import annotations
 
 import calendar
+import contextlib
 import copy
 import datetime as dt
 import hashlib
-from decimal import ROUND_HALF_UP, Decimal
+import logging
+import re
+import secrets
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
 
 from . import objects
@@ -42,7 +46,15 @@ from .formdata import (
 from .objects import Obj
 from .payments import charge_with, new_intent
 from .routing import Ctx, route
-from .state import METER_IDENTIFIER_WINDOW, MeterEventRecord, State, paginate
+from .state import (
+    METER_SESSION_LIFETIME,
+    MeterEventRecord,
+    MeterEventSession,
+    State,
+    paginate,
+)
+
+log = logging.getLogger("deploy.stripe_server")
 
 LIVE_SUBSCRIPTION = ("active", "past_due", "trialing", "unpaid")
 
@@ -148,6 +160,13 @@ def meter_reactivate(ctx: Ctx) -> Obj:
     return meter
 
 
+EVENT_MAX_AGE = 35 * 86400
+"""How old a meter event's ``timestamp`` may be (Stripe: 35 days)."""
+
+EVENT_MAX_AHEAD = 300
+"""How far in the future a meter event's ``timestamp`` may be (Stripe: 5 minutes)."""
+
+
 @route("POST", "/v1/billing/meter_events")
 def meter_event_create(ctx: Ctx) -> Obj:
     """``POST /v1/billing/meter_events``: validated at once, counted once per identifier."""
@@ -173,22 +192,246 @@ def meter_event_create(ctx: Ctx) -> Obj:
     now = state.now()
     timestamp = get_int(params, "timestamp")
     timestamp = now if timestamp is None else timestamp
-    if timestamp < now - 35 * 86400:
+    if timestamp < now - EVENT_MAX_AGE:
         raise invalid("timestamp", "Timestamp must be no more than 35 days in the past.")
-    if timestamp > now + 300:
+    if timestamp > now + EVENT_MAX_AHEAD:
         raise invalid("timestamp", "Timestamp must be no more than 5 minutes in the future.")
     identifier = get_str(params, "identifier", max_length=100) or objects.new_id("", 32)
-    seen = state.meter_identifiers.get(identifier)
-    if seen is not None and now - seen < METER_IDENTIFIER_WINDOW:
+    clean = {str(k): str(v) for k, v in payload.items()}
+    if not state.record_meter_event(
+        MeterEventRecord(event_name, clean, timestamp, identifier, now)
+    ):
         raise StripeError(
             400,
             f"An event already exists with identifier {identifier}.",
             headers={"Stripe-Should-Retry": "false"},
         )
-    clean = {str(k): str(v) for k, v in payload.items()}
-    state.meter_identifiers[identifier] = now
-    state.meter_events.append(MeterEventRecord(event_name, clean, timestamp, identifier, now))
     return objects.meter_event(now, event_name, identifier, clean, timestamp)
+
+
+# --- v2 meter event stream ------------------------------------------------------------
+
+STREAM_MAX_EVENTS = 100
+"""Events per ``POST /v2/billing/meter_event_stream`` (Stripe: "up to 100")."""
+
+_RFC3339 = re.compile(
+    r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:[Zz]|[+-]\d{2}:\d{2})"
+)
+
+
+@route("POST", "/v2/billing/meter_event_session")
+def meter_event_session_create(ctx: Ctx) -> Obj:
+    """``POST /v2/billing/meter_event_session``: a token for the stream, valid 15 minutes."""
+    state = ctx.state
+    _v2_known(ctx.params, set(), "")
+    now = state.now()
+    session = MeterEventSession(
+        objects.new_id("mes_test_61", 28),
+        secrets.token_urlsafe(36),
+        now,
+        now + METER_SESSION_LIFETIME,
+    )
+    state.new_meter_session(session)
+    return objects.meter_event_session(
+        session.id, session.authentication_token, session.created, session.expires_at
+    )
+
+
+@route("POST", "/v2/billing/meter_event_stream", kind="meter_stream")
+def meter_event_stream_create(ctx: Ctx) -> Obj:
+    """``POST /v2/billing/meter_event_stream``: 1 to 100 events, answered with ``{}``.
+
+    The HTTP layer has checked the session token. Every event is validated before any
+    is kept, so a bad event rejects the whole batch (400 naming ``events[i].field``);
+    then each is counted like a v1 meter event, except that an ``identifier`` seen in
+    the last 24 hours is skipped silently (Stripe's stream is asynchronous and reports
+    duplicates later, never in the answer).
+    """
+    state, params = ctx.state, ctx.params
+    _v2_known(params, {"events"}, "")
+    events = params.get("events")
+    if events is None:
+        raise StripeError(
+            400, "Missing required param: events.", code="parameter_missing", param="events"
+        )
+    if not isinstance(events, list) or not 1 <= len(events) <= STREAM_MAX_EVENTS:
+        raise StripeError(
+            400,
+            f"Invalid events: must be an array of 1 to {STREAM_MAX_EVENTS} meter events "
+            f"({len(events) if isinstance(events, list) else type(events).__name__} given).",
+            code="parameter_invalid",
+            param="events",
+        )
+    now = state.now()
+    meters = {meter["event_name"]: meter for meter in state.all("billing.meter")}
+    records = [
+        _stream_event(state, meters, entry, f"events[{index}]", now)
+        for index, entry in enumerate(events)
+    ]
+    skipped = sum(not state.record_meter_event(record) for record in records)
+    if skipped:
+        log.info(
+            "meter_event_stream: %d of %d events skipped (identifier already used)",
+            skipped,
+            len(records),
+        )
+    return {}
+
+
+def _v2_known(params: Params, allowed: set[str], where: str) -> None:
+    for key in params:
+        if key not in allowed:
+            name = f"{where}.{key}" if where else key
+            raise StripeError(
+                400, f"Received unknown parameter: {name}", code="parameter_unknown", param=name
+            )
+
+
+def _v2_string(obj: Params, key: str, where: str, *, required: bool) -> str | None:
+    name = f"{where}.{key}"
+    value = obj.get(key)
+    if value is None:
+        if required:
+            raise StripeError(
+                400, f"Missing required param: {name}.", code="parameter_missing", param=name
+            )
+        return None
+    if not isinstance(value, str) or not value or len(value) > 100:
+        raise StripeError(
+            400,
+            f"Invalid {name}: must be a non-empty string of at most 100 characters.",
+            code="parameter_invalid",
+            param=name,
+        )
+    return value
+
+
+def _v2_timestamp(value: Any, name: str) -> int:
+    """An RFC 3339 time (``2024-06-01T12:00:00.000Z``) as unix seconds (fraction dropped)."""
+    moment = None
+    if isinstance(value, str) and _RFC3339.fullmatch(value):
+        try:
+            moment = dt.datetime.fromisoformat(value.upper())
+        except ValueError:
+            moment = None
+    if moment is None:
+        raise StripeError(
+            400,
+            f"Invalid {name}: must be an RFC 3339 time string like 2024-06-01T12:00:00.000Z "
+            f"(got {value!r}).",
+            code="parameter_invalid",
+            param=name,
+        )
+    return int(moment.timestamp())
+
+
+def _stream_event(
+    state: State, meters: dict[str, Obj], entry: Any, where: str, now: int
+) -> MeterEventRecord:
+    """One stream event checked as Stripe's asynchronous validation would (its error
+    codes), returned as the record to count."""
+    if not isinstance(entry, dict):
+        raise StripeError(
+            400, f"Invalid {where}: must be an object.", code="parameter_invalid", param=where
+        )
+    _v2_known(entry, {"event_name", "identifier", "payload", "timestamp"}, where)
+    event_name = _v2_string(entry, "event_name", where, required=True) or ""
+    identifier = _v2_string(entry, "identifier", where, required=False)
+    payload = entry.get("payload")
+    name = f"{where}.payload"
+    if payload is None:
+        raise StripeError(
+            400, f"Missing required param: {name}.", code="parameter_missing", param=name
+        )
+    if not isinstance(payload, dict):
+        raise StripeError(
+            400, f"Invalid {name}: must be an object.", code="parameter_invalid", param=name
+        )
+    for key, item in payload.items():
+        if not isinstance(item, str):
+            raise StripeError(
+                400,
+                f"Invalid {name}.{key}: payload values must be strings.",
+                code="parameter_invalid",
+                param=f"{name}.{key}",
+            )
+    meter = meters.get(event_name)
+    if meter is None:
+        raise StripeError(
+            400,
+            f"No meter was found for {where}.event_name '{event_name}'.",
+            code="no_meter",
+            param=f"{where}.event_name",
+        )
+    if meter["status"] != "active":
+        raise StripeError(
+            400,
+            f"The meter for {where}.event_name '{event_name}' ({meter['id']}) is inactive.",
+            code="archived_meter",
+            param=f"{where}.event_name",
+        )
+    customer_key = meter["customer_mapping"]["event_payload_key"]
+    customer_id = payload.get(customer_key)
+    if not customer_id:
+        raise StripeError(
+            400,
+            f"Missing {name}.{customer_key}: the meter maps customers by that key.",
+            code="meter_event_no_customer_defined",
+            param=f"{name}.{customer_key}",
+        )
+    found = state.objects.get(customer_id)
+    if found is None or found.get("object") != "customer":
+        raise StripeError(
+            400,
+            f"No such customer: '{customer_id}' ({name}.{customer_key}).",
+            code="meter_event_customer_not_found",
+            param=f"{name}.{customer_key}",
+        )
+    value_key = meter["value_settings"]["event_payload_key"]
+    _v2_value(payload.get(value_key), f"{name}.{value_key}")
+    timestamp = now
+    if entry.get("timestamp") is not None:
+        timestamp = _v2_timestamp(entry["timestamp"], f"{where}.timestamp")
+    if timestamp < now - EVENT_MAX_AGE:
+        raise StripeError(
+            400,
+            f"Invalid {where}.timestamp: must be no more than 35 days in the past.",
+            code="timestamp_too_far_in_past",
+            param=f"{where}.timestamp",
+        )
+    if timestamp > now + EVENT_MAX_AHEAD:
+        raise StripeError(
+            400,
+            f"Invalid {where}.timestamp: must be no more than 5 minutes in the future.",
+            code="timestamp_in_future",
+            param=f"{where}.timestamp",
+        )
+    return MeterEventRecord(
+        event_name, dict(payload), timestamp, identifier or objects.new_id("", 32), now
+    )
+
+
+def _v2_value(value: str | None, name: str) -> None:
+    """A meter event value: a non-negative decimal string, at most 12 decimal places."""
+    number = Decimal("nan")
+    if value:
+        with contextlib.suppress(InvalidOperation):
+            number = Decimal(value)
+    if not number.is_finite() or number < 0:
+        raise StripeError(
+            400,
+            f"Invalid {name}: must be a non-negative decimal string (got {value!r}).",
+            code="meter_event_invalid_value",
+            param=name,
+        )
+    exponent = number.as_tuple().exponent
+    if isinstance(exponent, int) and -exponent > 12:
+        raise StripeError(
+            400,
+            f"Invalid {name}: at most 12 decimal places.",
+            code="meter_event_value_too_many_digits",
+            param=name,
+        )
 
 
 def _window_edges(start: int, end: int, window: str | None) -> list[tuple[int, int]]:

@@ -3,6 +3,11 @@
 The official library maps the HTTP status and ``type`` to its exceptions: 400/404 to
 ``InvalidRequestError`` (``IdempotencyError`` for ``type: idempotency_error``), 401 to
 ``AuthenticationError``, 402 to ``CardError``.
+
+``/v2`` endpoints answer the v2 shape, ``{"error": {"type", "code", "message"}}`` (plus
+``param`` when one field is at fault; no ``doc_url``). The library first maps a v2
+``type`` it knows (``temporary_session_expired`` to ``TemporarySessionExpiredError``,
+``idempotency_error``...) and otherwise falls back to the status mapping above.
 """
 
 from __future__ import annotations
@@ -40,8 +45,13 @@ class StripeError(Exception):
         self.headers = headers or {}
         self.store = store
 
-    def body(self) -> dict[str, Any]:
-        """The JSON body Stripe would send."""
+    def body(self, v2: bool = False) -> dict[str, Any]:
+        """The JSON body Stripe would send (``v2``: the ``/v2`` API's shape)."""
+        if v2:
+            shape: dict[str, Any] = {"type": self.type, "code": self.code, "message": self.message}
+            if self.param is not None:
+                shape["param"] = self.param
+            return {"error": shape}
         error: dict[str, Any] = {"message": self.message, "type": self.type}
         if self.code is not None:
             error["code"] = self.code

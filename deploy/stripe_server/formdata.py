@@ -4,6 +4,7 @@ Stripe's v1 API takes ``application/x-www-form-urlencoded`` bodies (and query st
 for GET) whose keys nest with brackets. :func:`decode` turns them into nested dicts of
 strings; a bracketed index (``items[0][price]``) stays a dict keyed ``"0"`` and the
 handlers read such arrays with :func:`as_list`. Empty brackets (``expand[]``) append.
+The v2 API takes JSON instead (:func:`decode_json`).
 
 The ``get_*`` readers coerce one parameter and raise Stripe's own errors
 (``parameter_missing``, ``parameter_invalid_integer``, ...) naming the full param path.
@@ -66,6 +67,25 @@ def decode_body(body: bytes, content_type: str) -> Params:
     except UnicodeDecodeError as exc:
         raise invalid(None, "The request body is not UTF-8.") from exc
     return decode(text)
+
+
+def decode_json(body: bytes, content_type: str) -> Params:
+    """A ``/v2`` request body: a JSON object kept as parsed (lists, numbers and all).
+
+    Stripe's v2 API takes ``application/json``; an empty body is ``{}``.
+    """
+    if not body:
+        return {}
+    media = content_type.split(";")[0].strip().lower()
+    if media not in ("", "application/json"):
+        raise invalid(None, f"The /v2 API takes JSON bodies (Content-Type {media} given).")
+    try:
+        data = json.loads(body)
+    except ValueError as exc:
+        raise invalid(None, f"Invalid JSON body: {exc}") from exc
+    if not isinstance(data, dict):
+        raise invalid(None, "The JSON body must be an object.")
+    return data
 
 
 def _stringify(value: Any) -> Any:

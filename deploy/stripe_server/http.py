@@ -3,6 +3,9 @@
 ``/v1/...`` behaves like Stripe's API for the official client: bearer auth with any
 ``sk_test_`` key (HTTP Basic with the key as user also works), form-encoded params,
 JSON answers with ``Request-Id`` and ``Stripe-Version`` headers, Stripe-format errors.
+``/v2/...`` takes JSON bodies and answers v2-shaped errors; the meter event stream is
+authorized by a meter event session's token (checked under the state lock, before the
+``Idempotency-Key`` lookup) instead of a secret key.
 
 Idempotency follows Stripe: every POST/DELETE with an ``Idempotency-Key`` saves its
 result (successes and card errors — requests that failed validation are not saved);
@@ -24,7 +27,7 @@ from urllib.parse import urlsplit
 
 from . import billing, core, pages, payments, testing  # noqa: F401 - they register routes
 from .errors import StripeError
-from .formdata import decode, decode_body, expand_paths
+from .formdata import decode, decode_body, decode_json, expand_paths
 from .objects import new_id
 from .routing import Ctx, Response, Route, match
 from .state import IdempotentResult, State, expand
@@ -39,8 +42,12 @@ def _json(data: Any) -> bytes:
     return json.dumps(data, indent=2).encode("utf-8")
 
 
-def _error(err: StripeError) -> Answer:
-    return err.status, _json(err.body()), JSON, dict(err.headers)
+def _error(err: StripeError, v2: bool = False) -> Answer:
+    return err.status, _json(err.body(v2)), JSON, dict(err.headers)
+
+
+def _is_v2(path: str) -> bool:
+    return path.startswith("/v2/")
 
 
 class StripeHTTPServer(ThreadingHTTPServer):
@@ -92,7 +99,7 @@ class RequestHandler(BaseHTTPRequestHandler):
             err = StripeError(
                 500, "An internal error occurred in the test server.", type="api_error"
             )
-            status, body, content_type, headers = _error(err)
+            status, body, content_type, headers = _error(err, _is_v2(self.path))
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -117,6 +124,7 @@ class RequestHandler(BaseHTTPRequestHandler):
     def _answer(self, method: str) -> Answer:
         url = urlsplit(self.path)
         path = url.path.rstrip("/") or "/"
+        v2 = _is_v2(path)
         body = self._read_body()
         found, args, _known = match(method, path)
         if found is None:
@@ -126,46 +134,61 @@ class RequestHandler(BaseHTTPRequestHandler):
                         404,
                         f"Unrecognized request URL ({method}: {path}). Please see "
                         "https://stripe.com/docs or we can help at https://support.stripe.com/.",
-                    )
+                    ),
+                    v2,
                 )
             return 404, b"Not found\n", "text/plain; charset=utf-8", {}
         request_id = new_id("req_", 14)
         headers = {"Request-Id": request_id}
-        if found.kind == "api":
-            if not self._authorized():
+        stream_token: str | None = None
+        if found.kind in ("api", "meter_stream"):
+            if found.kind == "meter_stream":
+                stream_token = self._bearer()
+            elif not self._authorized():
                 return _error(
                     StripeError(
                         401,
                         "Invalid API Key provided: this test server accepts any sk_test_ key "
                         "as a Bearer token.",
-                    )
+                    ),
+                    v2,
                 )
             headers["Stripe-Version"] = (
                 self.headers.get("Stripe-Version") or self.state.options.api_version
             )
         try:
-            params = decode(url.query)
-            if body:
-                params.update(decode_body(body, self.headers.get("Content-Type", "")))
+            if v2:
+                params = decode_json(body, self.headers.get("Content-Type", ""))
+            else:
+                params = decode(url.query)
+                if body:
+                    params.update(decode_body(body, self.headers.get("Content-Type", "")))
         except StripeError as err:
-            status, data, content_type, extra = _error(err)
+            status, data, content_type, extra = _error(err, v2)
             return status, data, content_type, headers | extra
-        key = self.headers.get("Idempotency-Key")
-        if found.kind != "api" or method not in ("POST", "DELETE") or not key:
+        key = self.headers.get("Idempotency-Key") or None
+        if found.kind not in ("api", "meter_stream") or method not in ("POST", "DELETE"):
             key = None
-        else:
+        if key is not None:
             headers["Idempotency-Key"] = key
         ctx = Ctx(self.state, method, path, args, params, dict(self.headers.items()))
         if not found.locked:
             (status, data, content_type, extra), _save = self._run(found, ctx)
             return status, data, content_type, headers | extra
         with self.state.lock:
+            if stream_token is not None:
+                try:
+                    self.state.check_meter_session(stream_token)
+                except StripeError as err:
+                    status, data, content_type, extra = _error(err, v2)
+                    return status, data, content_type, headers | extra
             return self._run_locked(found, ctx, key, request_id, headers)
 
     def _run_locked(
         self, found: Route, ctx: Ctx, key: str | None, request_id: str, headers: dict[str, str]
     ) -> Answer:
         state = ctx.state
+        v2 = _is_v2(ctx.path)
         if key is not None:
             saved = state.idempotency.get(key)
             if saved is not None:
@@ -183,7 +206,7 @@ class RequestHandler(BaseHTTPRequestHandler):
                         type="idempotency_error",
                         headers={"Stripe-Should-Retry": "false"},
                     )
-                    status, data, content_type, extra = _error(err)
+                    status, data, content_type, extra = _error(err, v2)
                     return status, data, content_type, headers | extra
                 return (
                     saved.status,
@@ -191,7 +214,7 @@ class RequestHandler(BaseHTTPRequestHandler):
                     JSON,
                     headers | {"Idempotent-Replayed": "true", "Original-Request": saved.request_id},
                 )
-        if found.kind == "api":
+        if found.kind in ("api", "meter_stream"):
             state.request_context = {"id": request_id, "idempotency_key": key}
         else:
             state.request_context = {"id": None, "idempotency_key": None}
@@ -211,10 +234,11 @@ class RequestHandler(BaseHTTPRequestHandler):
         The flag says whether an ``Idempotency-Key`` should keep the result: successes and
         errors raised after the request took effect (``StripeError.store``).
         """
+        v2 = _is_v2(ctx.path)
         try:
             result = found.handler(ctx)
         except StripeError as err:
-            return _error(err), err.store
+            return _error(err, v2), err.store
         if isinstance(result, Response):
             answer = (result.status, result.body, result.content_type, dict(result.headers))
             return answer, result.status < 400
@@ -222,8 +246,13 @@ class RequestHandler(BaseHTTPRequestHandler):
             paths = expand_paths(ctx.params)
             data = _json(expand(ctx.state, result, paths) if paths else result)
         except StripeError as err:
-            return _error(err), False
+            return _error(err, v2), False
         return (200, data, JSON, {}), True
+
+    def _bearer(self) -> str:
+        """The ``Authorization: Bearer`` credential ("" without one)."""
+        header = self.headers.get("Authorization", "")
+        return header[len("Bearer ") :].strip() if header.startswith("Bearer ") else ""
 
     def _authorized(self) -> bool:
         header = self.headers.get("Authorization", "")

@@ -11,6 +11,7 @@ values (random numbers, "obj_123" sub-objects) to what a fresh test-mode object 
 from __future__ import annotations
 
 import copy
+import datetime as dt
 import functools
 import json
 import secrets
@@ -283,6 +284,25 @@ def meter_event(
         payload=payload,
         timestamp=timestamp,
     )
+
+
+def rfc3339(timestamp: int) -> str:
+    """A unix time as the v2 API writes times: ``2024-06-01T12:00:00.000Z`` (UTC)."""
+    moment = dt.datetime.fromtimestamp(timestamp, tz=dt.UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.000Z")
+
+
+def meter_event_session(object_id: str, token: str, created: int, expires_at: int) -> Obj:
+    """A v2 meter event session (not in the v1 fixtures; the fields are the API reference's
+    ``v2.billing.meter_event_session``, times as RFC 3339 strings)."""
+    return {
+        "id": object_id,
+        "object": "v2.billing.meter_event_session",
+        "authentication_token": token,
+        "created": rfc3339(created),
+        "expires_at": rfc3339(expires_at),
+        "livemode": False,
+    }
 
 
 def meter_event_summary(object_id: str, meter_id: str, start: int, end: int, value: Decimal) -> Obj:

@@ -1,9 +1,14 @@
 """The route table: handlers register themselves with :func:`route`.
 
-Three kinds of route:
+Four kinds of route:
 
-* ``api`` — ``/v1/...``: needs ``Authorization: Bearer sk_test_...``, answers JSON,
-  honours ``Idempotency-Key`` on POST and DELETE, supports ``expand[]``.
+* ``api`` — ``/v1/...`` and ``/v2/...``: needs ``Authorization: Bearer sk_test_...``,
+  answers JSON, honours ``Idempotency-Key`` on POST and DELETE, supports ``expand[]``
+  (``/v1``). ``/v2`` paths take JSON bodies (handlers see them as parsed, not
+  stringified) and answer v2-shaped errors.
+* ``meter_stream`` — ``POST /v2/billing/meter_event_stream``: like a ``/v2`` ``api``
+  route, but authorized by an unexpired meter event session's ``authentication_token``
+  instead of a secret key.
 * ``test`` — ``/_test/...``: test-only controls, no auth, JSON (form or JSON bodies).
 * ``page`` — the browser pages (hosted checkout, hosted invoice, PDF, receipt).
 """
@@ -18,7 +23,7 @@ from typing import Any, Literal
 from .formdata import Params
 from .state import State
 
-Kind = Literal["api", "test", "page"]
+Kind = Literal["api", "meter_stream", "test", "page"]
 
 
 @dataclass

@@ -28,6 +28,12 @@ DEFAULT_API_VERSION = "2026-10-28.endive"
 METER_IDENTIFIER_WINDOW = 24 * 3600
 """Seconds a meter event ``identifier`` stays unique (Stripe: "at least 24 hours")."""
 
+METER_SESSION_LIFETIME = 15 * 60
+"""Seconds a v2 meter event session's ``authentication_token`` is valid (Stripe: 15 min)."""
+
+METER_SESSION_KEPT = 24 * 3600
+"""Seconds an expired session is remembered (its token answers "expired", not "invalid")."""
+
 
 @dataclass
 class MeterEventRecord:
@@ -38,6 +44,16 @@ class MeterEventRecord:
     timestamp: int
     identifier: str
     created: int
+
+
+@dataclass(frozen=True)
+class MeterEventSession:
+    """A v2 meter event session: a short-lived token for ``/v2/billing/meter_event_stream``."""
+
+    id: str
+    authentication_token: str
+    created: int
+    expires_at: int
 
 
 @dataclass
@@ -85,6 +101,7 @@ class State:
             self.internal: dict[str, dict[str, Any]] = {}
             self.meter_events: list[MeterEventRecord] = []
             self.meter_identifiers: dict[str, int] = {}
+            self.meter_sessions: dict[str, MeterEventSession] = {}
             self.idempotency: dict[str, IdempotentResult] = {}
             self.decline_next: dict[str, list[str]] = {}
             self.clock_offset = 0
@@ -173,6 +190,49 @@ class State:
         evt["pending_webhooks"] = 1
         self.dispatcher.enqueue(evt["id"], evt["type"], self.event_body(evt), resend=True)
         return evt
+
+    # --- meter events --------------------------------------------------------------------
+
+    def record_meter_event(self, record: MeterEventRecord) -> bool:
+        """Count an accepted meter event; False (and nothing kept) for an identifier seen
+        in the last :data:`METER_IDENTIFIER_WINDOW` seconds (by ``record.created``)."""
+        seen = self.meter_identifiers.get(record.identifier)
+        if seen is not None and record.created - seen < METER_IDENTIFIER_WINDOW:
+            return False
+        self.meter_identifiers[record.identifier] = record.created
+        self.meter_events.append(record)
+        return True
+
+    def new_meter_session(self, session: MeterEventSession) -> None:
+        """Keep a new session; forget sessions expired more than a day ago."""
+        stale = [
+            token
+            for token, old in self.meter_sessions.items()
+            if session.created - old.expires_at > METER_SESSION_KEPT
+        ]
+        for token in stale:
+            del self.meter_sessions[token]
+        self.meter_sessions[session.authentication_token] = session
+
+    def check_meter_session(self, token: str) -> MeterEventSession:
+        """The live session for a stream token, else the 401 Stripe answers (v2 shape)."""
+        session = self.meter_sessions.get(token) if token else None
+        if session is None:
+            raise StripeError(
+                401,
+                "Invalid authentication token: the meter event stream takes the "
+                "authentication_token of a meter event session (POST "
+                "/v2/billing/meter_event_session), not an API key.",
+                code="unauthorized",
+            )
+        if self.now() >= session.expires_at:
+            raise StripeError(
+                401,
+                f"The meter event session {session.id} expired; create a new one.",
+                type="temporary_session_expired",
+                code="billing_meter_event_session_expired",
+            )
+        return session
 
     # --- meter usage ---------------------------------------------------------------------
 

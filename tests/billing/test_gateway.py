@@ -127,8 +127,9 @@ def test_meter_price_subscription_events_and_grant(gateway, settings):
     )
     assert grant
     if settings.STRIPE_API_BASE:  # Stripe's own summaries lag by minutes
-        start = datetime.fromtimestamp(int(now.timestamp()) - 60, tz=UTC)
-        end = datetime.fromtimestamp(int(now.timestamp()) + 60, tz=UTC)
+        minute = int(now.timestamp()) // 60 * 60  # summaries take whole minutes
+        start = datetime.fromtimestamp(minute - 60, tz=UTC)
+        end = datetime.fromtimestamp(minute + 120, tz=UTC)
         assert (
             stripe_gateway.meter_event_total(
                 meter_id=meter, customer_id=customer, start=start, end=end
