@@ -174,6 +174,9 @@ def tritonserver_env(base: dict[str, str] | None = None) -> dict[str, str]:
     # PyTorch's OpenMP threads spin for a while after each batch by default, taking
     # the CPU from PostgreSQL and the web process on a small machine; make them sleep.
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # Sites started here share the machine with the web tier and the database, so the
+    # real model computes on one thread instead of competing for every core.
+    env.setdefault("CANGO_TORCH_THREADS", "1")
     return env
 
 

@@ -29,7 +29,10 @@ import triton_python_backend_utils as pb_utils  # type: ignore[import-not-found]
 
 MAX_TOKENS = 256
 EMBEDDING_DIM = 384
-TORCH_THREADS = 2
+# PyTorch's intra-op threads. A site with cores to itself can use them all; where the
+# site shares a small machine (the demo, the tests) other processes take cores away
+# mid-batch and every parallel region waits for its slowest thread.
+TORCH_THREADS = int(os.environ.get("CANGO_TORCH_THREADS", "2"))
 ENCODE_BATCH = 64
 
 
