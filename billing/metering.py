@@ -70,22 +70,46 @@ def subscription_item_ensure(account: CreditAccount, meter: BillingMeter) -> Non
     )
 
 
-def _send_one(record_id: int, event_name: str, customer_id: str, value: int, at: datetime) -> str:
+def _event(record: UsageRecord, meter: BillingMeter, customer_id: str) -> stripe_gateway.MeterEvent:
+    return stripe_gateway.MeterEvent(
+        identifier=f"usage_{record.pk}",
+        event_name=meter.event_name,
+        customer_id=customer_id,
+        value=record.cost_micros,
+        timestamp=record.created_at,
+    )
+
+
+def _send_batch(
+    batch: list[tuple[UsageRecord, stripe_gateway.MeterEvent]],
+) -> list[tuple[int, str]]:
+    """Send one batch on the stream; if Stripe refuses it whole, send its events one by
+    one so a single bad record cannot hold back the others. Returns (record id, error)."""
     try:
-        stripe_gateway.meter_event_send(
-            identifier=f"usage_{record_id}",
-            event_name=event_name,
-            customer_id=customer_id,
-            value=value,
-            timestamp=at,
-        )
-    except stripe_gateway.GatewayError as exc:
-        return str(exc)[:500] or "error"
-    return ""
+        stripe_gateway.meter_events_stream([event for _, event in batch])
+    except stripe_gateway.GatewayError:
+        logger.warning("meter event batch refused; sending its %s events one by one", len(batch))
+    else:
+        return [(record.pk, "") for record, _ in batch]
+    results = []
+    for record, event in batch:
+        try:
+            stripe_gateway.meter_event_send(
+                identifier=event.identifier,
+                event_name=event.event_name,
+                customer_id=event.customer_id,
+                value=event.value,
+                timestamp=event.timestamp,
+            )
+            results.append((record.pk, ""))
+        except stripe_gateway.GatewayError as exc:
+            results.append((record.pk, str(exc)[:500] or "error"))
+    return results
 
 
 def usage_send(*, limit: int | None = None) -> dict[str, int]:
-    """Send unsent usage records as meter events; mark each sent or count its failure."""
+    """Send unsent usage records as meter events, in batches on the v2 meter event
+    stream; mark each sent, or count its failure for a later run."""
     # Only tenants with a Stripe customer are invoiced (one is made at their first
     # purchase); others' records wait, without holding up anyone else's.
     records = list(
@@ -98,7 +122,9 @@ def usage_send(*, limit: int | None = None) -> dict[str, int]:
     if not records:
         return {"sent": 0, "failed": 0}
     meters: dict[str, BillingMeter] = {}
-    ready = []
+    ready: list[tuple[UsageRecord, stripe_gateway.MeterEvent]] = []
+    attempts = {record.pk: record.attempts for record in records}
+    failed: list[tuple[int, str]] = []
     for record in records:
         account = record.account
         try:
@@ -106,28 +132,20 @@ def usage_send(*, limit: int | None = None) -> dict[str, int]:
             meters[record.model_slug] = meter
             subscription_item_ensure(account, meter)
         except stripe_gateway.GatewayError as exc:
-            UsageRecord.objects.filter(pk=record.pk).update(
-                attempts=record.attempts + 1, last_error=str(exc)[:500]
-            )
+            failed.append((record.pk, str(exc)[:500]))
             continue
-        ready.append((record, meter, account.stripe_customer_id))
-
-    def send(item: tuple[UsageRecord, BillingMeter, str]) -> tuple[int, str]:
-        record, meter, customer = item
-        error = _send_one(
-            record.pk, meter.event_name, customer, record.cost_micros, record.created_at
-        )
-        return record.pk, error
-
+        ready.append((record, _event(record, meter, account.stripe_customer_id)))
+    batches = [
+        ready[start : start + stripe_gateway.STREAM_BATCH]
+        for start in range(0, len(ready), stripe_gateway.STREAM_BATCH)
+    ]
     with ThreadPoolExecutor(max_workers=SEND_THREADS) as pool:
-        results = list(pool.map(send, ready))
+        results = [result for batch in pool.map(_send_batch, batches) for result in batch]
     sent = [pk for pk, error in results if not error]
-    failed = [(pk, error) for pk, error in results if error]
-    now = timezone.now()
-    UsageRecord.objects.filter(pk__in=sent).update(sent_at=now, last_error="")
+    failed += [(pk, error) for pk, error in results if error]
+    UsageRecord.objects.filter(pk__in=sent).update(sent_at=timezone.now(), last_error="")
     for pk, error in failed:
-        record_attempts = next(r.attempts for r, _, _ in ready if r.pk == pk)
-        UsageRecord.objects.filter(pk=pk).update(attempts=record_attempts + 1, last_error=error)
+        UsageRecord.objects.filter(pk=pk).update(attempts=attempts[pk] + 1, last_error=error)
     close_old_connections()
     if failed:
         logger.warning("meter events failed", extra={"failed": len(failed), "sent": len(sent)})

@@ -7,8 +7,10 @@ empty and the client talks to Stripe.
 """
 
 import functools
+import threading
+import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import stripe
@@ -279,3 +281,62 @@ def meter_event_total(*, meter_id: str, customer_id: str, start: datetime, end: 
     except stripe.StripeError as exc:
         raise GatewayError(str(exc)) from exc
     return sum(round(summary.aggregated_value) for summary in page.auto_paging_iter())
+
+
+@dataclass(frozen=True, slots=True)
+class MeterEvent:
+    identifier: str
+    event_name: str
+    customer_id: str
+    value: int
+    timestamp: datetime
+
+
+STREAM_BATCH = 100  # events per request on the v2 meter event stream
+
+_stream_lock = threading.Lock()
+_stream_session: tuple[str, float] | None = None  # (token, monotonic expiry)
+
+
+def _stream_token(*, renew: bool = False) -> str:
+    """A meter event session token (valid 15 minutes), shared by this process's threads."""
+    global _stream_session
+    with _stream_lock:
+        if renew or _stream_session is None or _stream_session[1] <= time.monotonic():
+            try:
+                session = client().v2.billing.meter_event_session.create()
+            except stripe.StripeError as exc:
+                raise GatewayError(str(exc)) from exc
+            _stream_session = (str(session.authentication_token), time.monotonic() + 600)
+        return _stream_session[0]
+
+
+def meter_events_stream(events: list[MeterEvent]) -> None:
+    """Send up to ``STREAM_BATCH`` meter events in one request (the v2 stream).
+
+    Stripe deduplicates ``identifier``s on the stream too, so a resent batch is harmless.
+    """
+    if not 0 < len(events) <= STREAM_BATCH:
+        raise ValueError(f"a batch holds 1 to {STREAM_BATCH} events")
+    params: Any = {
+        "events": [
+            {
+                "event_name": event.event_name,
+                "identifier": event.identifier,
+                "timestamp": event.timestamp.astimezone(UTC).isoformat(),
+                "payload": {"stripe_customer_id": event.customer_id, "value": str(event.value)},
+            }
+            for event in events
+        ]
+    }
+    for renew in (False, True):
+        try:
+            client().v2.billing.meter_event_stream.create(
+                params=params, options={"api_key": _stream_token(renew=renew)}
+            )
+            return
+        except stripe.TemporarySessionExpiredError:
+            continue
+        except stripe.StripeError as exc:
+            raise GatewayError(str(exc)) from exc
+    raise GatewayError("the meter event session kept expiring")

@@ -18,7 +18,8 @@ or ``python -m deploy.stripe_server --port 12111 --webhook-url ... --webhook-sec
 Modules: :mod:`.http` (request handling, auth, idempotency), :mod:`.formdata` (form
 decoding, param readers), :mod:`.state` (storage, events, pagination, expand),
 :mod:`.objects` (object shapes from the fixtures), :mod:`.webhooks` (signing and
-delivery), :mod:`.core` / :mod:`.payments` / :mod:`.billing` (the ``/v1`` endpoints),
+delivery), :mod:`.core` / :mod:`.payments` / :mod:`.billing` (the ``/v1`` endpoints and
+the v2 meter event stream),
 :mod:`.pages` (checkout/invoice pages), :mod:`.testing` (``/_test`` controls).
 
 Behaviour worth knowing (each mirrors Stripe unless marked *test server*):
@@ -29,6 +30,12 @@ Behaviour worth knowing (each mirrors Stripe unless marked *test server*):
   ``Idempotency-Key`` replays the first success instead.
 * Meter events are validated at once (*test server*: unknown ``event_name``, unknown
   customer and bad values are 400s here; Stripe reports some of these asynchronously).
+* The v2 meter event stream (``POST /v2/billing/meter_event_session``, then
+  ``POST /v2/billing/meter_event_stream`` with the session's ``authentication_token``,
+  1-100 events) stores events like v1 does; a batch with one invalid event is rejected
+  whole (400 naming ``events[i].field``), a repeated ``identifier`` is skipped silently
+  (the answer is ``{}`` either way), an expired session is a 401
+  ``billing_meter_event_session_expired``.
 * Invoice line amount: ``quantity × unit_amount_decimal`` rounded half up to a cent.
 * Credit grants apply at finalization to metered lines in scope (priority, soonest
   expiry, promotional first, oldest first); what is used is debited and never reused.

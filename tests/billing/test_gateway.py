@@ -152,3 +152,30 @@ def test_webhook_signature_is_checked(gateway, settings):
         stripe_gateway.event_verify(payload, f"t={stamp},v1={'0' * 64}")
     with pytest.raises(stripe_gateway.SignatureInvalid):
         stripe_gateway.event_verify(payload + b" ", f"t={stamp},v1={good}")
+
+
+def test_meter_event_stream_sends_batches_once(gateway, settings):
+    row = _row_id()
+    customer = stripe_gateway.customer_create(
+        account_id=row, name="Stream Co", email="s@example.com", tenant_id=3
+    )
+    event_name = f"cango_stream_{gateway}"
+    meter = stripe_gateway.meter_create(meter_row_id=row, event_name=event_name, display_name="s")
+    now = datetime.now(UTC)
+    events = [
+        stripe_gateway.MeterEvent(f"usage_s{gateway}_{i}", event_name, customer, 10, now)
+        for i in range(stripe_gateway.STREAM_BATCH)
+    ]
+    stripe_gateway.meter_events_stream(events)
+    stripe_gateway.meter_events_stream(events[:10])  # resent: deduplicated by identifier
+    with pytest.raises(ValueError, match="batch"):
+        stripe_gateway.meter_events_stream([*events, events[0]])
+    if settings.STRIPE_API_BASE:
+        minute = int(now.timestamp()) // 60 * 60
+        total = stripe_gateway.meter_event_total(
+            meter_id=meter,
+            customer_id=customer,
+            start=datetime.fromtimestamp(minute - 60, tz=UTC),
+            end=datetime.fromtimestamp(minute + 120, tz=UTC),
+        )
+        assert total == 10 * stripe_gateway.STREAM_BATCH
