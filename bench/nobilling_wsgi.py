@@ -5,12 +5,12 @@ adds to a sync request. It replaces ``marketplace.inference._charged`` with a
 version that runs the call and prices it but holds and charges nothing.
 """
 
-from collections.abc import Callable
+from django.conf import settings
 
 from config.wsgi import application
 from marketplace import inference, pricing
 from marketplace.models import ApiKey, CatalogModel, Tenant
-from workers.dispatch import Dispatched
+from workers.dispatch import Dispatched, dispatch
 
 
 def _uncharged(
@@ -19,10 +19,17 @@ def _uncharged(
     key: ApiKey | None,
     model: CatalogModel,
     max_units: int,
-    call: Callable[[], Dispatched],
     input_elements: int,
+    body: bytes,
+    headers: dict[str, str],
 ) -> tuple[Dispatched, pricing.Usage, int]:
-    done = call()
+    done = dispatch(
+        model_slug=model.slug,
+        body=body,
+        headers=headers,
+        timeout=settings.INFER_TIMEOUT_SECONDS,
+        region_pin=tenant.region_pin,
+    )
     units = min(inference.units_used(model, input_elements=input_elements, done=done), max_units)
     return done, pricing.usage(model, units), pricing.cost_micros(model, max_units)
 

@@ -9,7 +9,6 @@ call that fails is released without charge.
 
 import json
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -113,10 +112,12 @@ def _charged(
     key: ApiKey | None,
     model: CatalogModel,
     max_units: int,
-    call: Callable[[], Dispatched],
     input_elements: int,
+    body: bytes,
+    headers: dict[str, str],
 ) -> tuple[Dispatched, Usage, int]:
-    """Hold the worst case, run ``call``, settle what it used; release if it fails."""
+    """Hold the worst case, run the call at the best site, settle what it used;
+    release the hold if the call fails."""
     max_cost = pricing.cost_micros(model, max_units)
     source = f"req:{uuid.uuid4().hex}"
     hold = ledger.credit_reserve(
@@ -129,7 +130,13 @@ def _charged(
         using="holds",
     )
     try:
-        done = call()
+        done = dispatch(
+            model_slug=model.slug,
+            body=body,
+            headers=headers,
+            timeout=settings.INFER_TIMEOUT_SECONDS,
+            region_pin=tenant.region_pin,
+        )
         units = min(units_used(model, input_elements=input_elements, done=done), max_units)
     except BaseException:
         ledger.credit_release(reservation_id=hold.reservation_id, using="holds")
@@ -174,13 +181,8 @@ def infer_v2(
         model=model,
         max_units=bound,
         input_elements=elements,
-        call=lambda: dispatch(
-            model_slug=model.slug,
-            body=body,
-            headers=headers,
-            timeout=timeout,
-            region_pin=tenant.region_pin,
-        ),
+        body=body,
+        headers=headers,
     )
     header_out = done.response.headers.get("inference-header-content-length")
     return InferOutcome(
@@ -237,13 +239,8 @@ def embed(
         model=model,
         max_units=bound,
         input_elements=len(texts),
-        call=lambda: dispatch(
-            model_slug=model.slug,
-            body=body,
-            headers=headers,
-            timeout=timeout,
-            region_pin=tenant.region_pin,
-        ),
+        body=body,
+        headers=headers,
     )
     outputs = kserve.response_parse(done.response.body, _response_header_length(done))
     tokens = int(outputs[model.usage_output].sum()) if model.usage_output else 0
