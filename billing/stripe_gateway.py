@@ -295,20 +295,28 @@ class MeterEvent:
 STREAM_BATCH = 100  # events per request on the v2 meter event stream
 
 _stream_lock = threading.Lock()
-_stream_session: tuple[str, float] | None = None  # (token, monotonic expiry)
+# (the client it belongs to, token, monotonic expiry)
+_stream_session: tuple[int, str, float] | None = None
 
 
 def _stream_token(*, renew: bool = False) -> str:
     """A meter event session token (valid 15 minutes), shared by this process's threads."""
     global _stream_session
+    current = id(client())
     with _stream_lock:
-        if renew or _stream_session is None or _stream_session[1] <= time.monotonic():
+        if (
+            renew
+            or _stream_session is None
+            or _stream_session[0] != current
+            or _stream_session[2] <= time.monotonic()
+        ):
             try:
                 session = client().v2.billing.meter_event_session.create()
             except stripe.StripeError as exc:
                 raise GatewayError(str(exc)) from exc
-            _stream_session = (str(session.authentication_token), time.monotonic() + 600)
-        return _stream_session[0]
+            token = str(session.authentication_token)
+            _stream_session = (current, token, time.monotonic() + 600)
+        return _stream_session[1]
 
 
 def meter_events_stream(events: list[MeterEvent]) -> None:
@@ -335,8 +343,8 @@ def meter_events_stream(events: list[MeterEvent]) -> None:
                 params=params, options={"api_key": _stream_token(renew=renew)}
             )
             return
-        except stripe.TemporarySessionExpiredError:
-            continue
+        except (stripe.TemporarySessionExpiredError, stripe.AuthenticationError):
+            continue  # the session expired or was revoked: take a new one, once
         except stripe.StripeError as exc:
             raise GatewayError(str(exc)) from exc
     raise GatewayError("the meter event session kept expiring")
