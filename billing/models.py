@@ -136,7 +136,13 @@ class Reservation(models.Model):
                 condition=Q(amount_micros__gte=0), name="reservation_amount_non_negative"
             ),
         ]
-        indexes: ClassVar = [models.Index(fields=["status", "expires_at"])]
+        # Only open holds are looked up (expiry sweep); a partial index is not written
+        # when a hold is settled or released.
+        indexes: ClassVar = [
+            models.Index(
+                fields=["expires_at"], condition=Q(status="open"), name="reservation_open_expiry"
+            )
+        ]
 
     def __str__(self) -> str:
         return f"{self.status} {self.amount_micros} µ$ ({self.source})"
@@ -189,7 +195,6 @@ class UsageRecord(models.Model):
                 condition=Q(sent_at__isnull=True),
                 name="usage_unsent",
             ),
-            models.Index(fields=["tenant", "created_at"]),
         ]
 
     def __str__(self) -> str:
