@@ -20,6 +20,7 @@ urlpatterns = [
     path("v1/", include(("marketplace.api.urls", "api"), namespace="v1")),
     path("v2", ServerMetadataView.as_view(), name="v2-server-metadata"),
     path("v2/", include(("marketplace.api.v2_urls", "v2"), namespace="v2")),
+    path("ops/", include("marketplace.ops_urls")),
     path("", include("marketplace.urls")),
 ]
 

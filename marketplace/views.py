@@ -1,20 +1,25 @@
 """Portal pages. Each view parses input, calls one service or selector, renders."""
 
 import csv
+import json
 import logging
+import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, date, timedelta
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
 from functools import wraps
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 from allauth.account.adapter import get_adapter
 from allauth.account.views import SignupView as AllauthSignupView
+from django import forms
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.forms import Form
 from django.http import (
+    Http404,
     HttpRequest,
     HttpResponse,
     HttpResponseBase,
@@ -29,14 +34,20 @@ from django.views.decorators.http import require_POST
 
 from billing import ledger, money, payments, stripe_gateway
 from billing import selectors as billing_selectors
+from billing.exceptions import BillingError, InsufficientCredits
 from billing.forms import BillingSettingsForm, CreditPurchaseForm, LedgerExportForm
 from billing.models import Invoice, LedgerEntry, Purchase
+from workers import kserve
+from workers.dispatch import NoHealthySite, SitesUnavailable
+from workers.kserve import TensorSpec
+from workers.triton import TritonError, TritonRejected
 
-from . import selectors, services
+from . import catalog, inference, jobs, portal_selectors, selectors, services
 from .adapters import PENDING_INVITATION_SESSION_KEY
+from .catalog import CatalogEntry
 from .exceptions import DomainError, InvitationInvalid
 from .forms import ApiKeyCreateForm, InviteForm, OrganisationForm, RoleForm
-from .models import ApiKey, Invitation, Membership, Role, Tenant, User
+from .models import ApiKey, CatalogModel, Invitation, Job, Membership, Role, Tenant, User
 from .roles import Permission, role_allows
 
 logger = logging.getLogger(__name__)
@@ -95,17 +106,573 @@ class SignupView(AllauthSignupView):
 
 @tenant_page()
 def dashboard(request: PortalRequest) -> HttpResponse:
-    return render(request, "portal/dashboard.html")
+    """Credit, recent jobs, site status and the last 30 days' usage.
+
+    A fixed number of queries: one row each for balance, month-to-date spend and
+    key presence, ten jobs, two for the sites, and two aggregates of usage.
+    """
+    tenant = request.tenant
+    balance = billing_selectors.balance_get(tenant.pk)
+    today = timezone.now().astimezone(UTC).date()
+    usage_start = billing_selectors.day_start_utc(today - timedelta(days=USAGE_DAYS - 1))
+    usage_end = billing_selectors.day_start_utc(today + timedelta(days=1))
+    by_model = billing_selectors.usage_summary(tenant.pk, usage_start, usage_end, "model")
+    by_day = billing_selectors.usage_summary(tenant.pk, usage_start, usage_end, "day")
+    return render(
+        request,
+        "portal/overview.html",
+        {
+            "nav": "dashboard",
+            "available": _usd_exact(balance["available_micros"]),
+            "has_credit": balance["available_micros"] > 0,
+            "month_to_date": _usd_exact(billing_selectors.month_to_date_usage(tenant.pk)),
+            "month_start": billing_selectors.month_start_utc(),
+            "has_key": ApiKey.objects.filter(tenant=tenant, revoked_at__isnull=True).exists(),
+            "jobs": [_job_row(job) for job in portal_selectors.jobs_recent(tenant=tenant)],
+            "sites": portal_selectors.sites_status(),
+            "usage_start": usage_start,
+            "usage_days": USAGE_DAYS,
+            "usage_by_model": [_usage_row(row) for row in by_model],
+            "usage_by_day": [_usage_row(row) for row in by_day],
+            "usage_total": _usd_exact(sum(row.cost_micros for row in by_day)),
+        },
+    )
+
+
+#: The dashboard's usage tables cover this many UTC days, today included.
+USAGE_DAYS = 30
+
+
+def _usage_row(row: billing_selectors.UsageRow) -> dict[str, object]:
+    return {
+        "group": row.group,
+        "calls": row.calls,
+        "units": row.units,
+        "cost": _usd_exact(row.cost_micros),
+    }
+
+
+_JOB_BADGES = {
+    Job.Status.QUEUED: "badge-queued",
+    Job.Status.RUNNING: "badge-role",
+    Job.Status.SUCCEEDED: "badge-active",
+    Job.Status.FAILED: "badge-revoked",
+    Job.Status.CANCELED: "badge-canceled",
+    Job.Status.EXPIRED: "badge-expired",
+}
+
+
+def _job_cost(job: Job) -> str:
+    """What a finished job cost; for a job still in progress, its most."""
+    if job.is_final:
+        return _usd_exact(job.cost_micros or 0)
+    return "up to " + _usd_exact(job.max_cost_micros)
+
+
+def _job_row(job: Job) -> dict[str, object]:
+    return {
+        "public_id": job.public_id,
+        "model": job.model.slug,
+        "model_name": job.model.name,
+        "status": job.status,
+        "status_label": job.get_status_display(),
+        "status_badge": _JOB_BADGES.get(Job.Status(job.status), ""),
+        "created_at": job.created_at,
+        "cost": _job_cost(job),
+        "final": job.is_final,
+    }
+
+
+# ---- Models and the playground ------------------------------------------------
+
+
+def _price_label(model: CatalogModel) -> str:
+    """``$0.00001 per request``, ``$0.02 per 1K tokens``: exact, without trailing zeros."""
+    text = money.format_usd(model.price_micros, places=6)
+    whole, _, fraction = text.partition(".")
+    fraction = fraction.rstrip("0").ljust(2, "0")
+    return f"{whole}.{fraction} {model.get_pricing_unit_display()}"
+
+
+def _model_card(model: CatalogModel, sites: list[portal_selectors.ModelSite]) -> dict[str, object]:
+    return {
+        "slug": model.slug,
+        "name": model.name,
+        "task": model.get_task_display(),
+        "price": _price_label(model),
+        "sites": sites,
+        "available": any(site.healthy for site in sites),
+    }
 
 
 @tenant_page(Permission.USE_MODELS)
 def models_page(request: PortalRequest) -> HttpResponse:
-    return render(request, "portal/placeholder.html", {"title": "Models", "nav": "models"})
+    """Every model the tenant may call: one query for the models, one for where they run."""
+    models = list(catalog.models_visible(tenant=request.tenant))
+    sites = portal_selectors.model_sites(model.pk for model in models)
+    return render(
+        request,
+        "portal/models.html",
+        {"nav": "models", "models": [_model_card(m, sites.get(m.pk, [])) for m in models]},
+    )
 
 
+_EXAMPLE_TEXT = "hello world"
+_NUMPY_TYPES = {
+    "BOOL": "np.bool_",
+    "FP16": "np.float16",
+    "FP32": "np.float32",
+    "FP64": "np.float64",
+    "BYTES": "np.object_",
+}
+
+
+def _example_value(datatype: str) -> object:
+    """One element of an example tensor: valid for the datatype and readable."""
+    if datatype == "BYTES":
+        return _EXAMPLE_TEXT
+    if datatype == "BOOL":
+        return True
+    if datatype.startswith(("FP", "BF")):
+        return 1.0
+    return 1
+
+
+def _example_shape(spec: TensorSpec) -> list[int]:
+    """The spec's shape with every variable dimension (the batch first) set to 1."""
+    return [dim if dim > 0 else 1 for dim in spec.shape]
+
+
+def _example_inputs(entry: CatalogEntry) -> list[dict[str, object]]:
+    inputs: list[dict[str, object]] = []
+    for spec in entry.inputs:
+        shape = _example_shape(spec)
+        count = 1
+        for dim in shape:
+            count *= dim
+        inputs.append(
+            {
+                "name": spec.name,
+                "datatype": spec.datatype,
+                "shape": shape,
+                "data": [_example_value(spec.datatype)] * count,
+            }
+        )
+    return inputs
+
+
+def _example_body(entry: CatalogEntry) -> str:
+    """A valid v2 request for the model, one input per line."""
+    lines = ",\n".join(f"    {json.dumps(item)}" for item in _example_inputs(entry))
+    return '{\n  "inputs": [\n' + lines + "\n  ]\n}"
+
+
+def _shell_quote(text: str) -> str:
+    return "'" + text.replace("'", "'\\''") + "'"
+
+
+def _code_samples(entry: CatalogEntry, base_url: str) -> dict[str, str]:
+    """curl, ``tritonclient.http`` and (embedding models) ``openai`` calls of the model."""
+    model = entry.model
+    parts = urlsplit(base_url)
+    root = base_url.rstrip("/")
+    compact = json.dumps({"inputs": _example_inputs(entry)}, separators=(",", ":"))
+    samples = {
+        "curl": (
+            f'curl -H "Authorization: Bearer $CANGO_API_KEY" '
+            f'-H "Content-Type: application/json" \\\n'
+            f"  {root}/v2/models/{model.slug}/infer \\\n"
+            f"  -d {_shell_quote(compact)}"
+        )
+    }
+    ssl = ", ssl=True" if parts.scheme == "https" else ""
+    lines = [
+        "import os",
+        "",
+        "import numpy as np",
+        "import tritonclient.http as httpclient",
+        "",
+        f"client = httpclient.InferenceServerClient(url={json.dumps(parts.netloc)}{ssl})",
+        'headers = {"Authorization": f"Bearer {os.environ[\'CANGO_API_KEY\']}"}',
+        "",
+        "inputs = []",
+    ]
+    for spec in entry.inputs:
+        shape = _example_shape(spec)
+        value = _example_value(spec.datatype)
+        literal = f'b"{_EXAMPLE_TEXT}"' if spec.datatype == "BYTES" else repr(value)
+        dtype = _NUMPY_TYPES.get(spec.datatype, f"np.{spec.datatype.lower()}")
+        lines += [
+            f"tensor = httpclient.InferInput({json.dumps(spec.name)}, {shape}, "
+            f"{json.dumps(spec.datatype)})",
+            f"tensor.set_data_from_numpy(np.full({shape}, {literal}, dtype={dtype}))",
+            "inputs.append(tensor)",
+        ]
+    lines += ["", f"result = client.infer({json.dumps(model.slug)}, inputs, headers=headers)"]
+    lines += [f"print(result.as_numpy({json.dumps(spec.name)}))" for spec in entry.outputs]
+    samples["python"] = "\n".join(lines)
+    if model.task == CatalogModel.Task.EMBEDDING:
+        samples["openai"] = "\n".join(
+            [
+                "import os",
+                "",
+                "import openai",
+                "",
+                f"client = openai.OpenAI(base_url={json.dumps(root + '/v1')}, "
+                'api_key=os.environ["CANGO_API_KEY"])',
+                f"response = client.embeddings.create(model={json.dumps(model.slug)}, "
+                f"input=[{json.dumps(_EXAMPLE_TEXT)}])",
+                "print(response.data[0].embedding[:4])",
+            ]
+        )
+    return samples
+
+
+def _schema_rows(specs: list[TensorSpec]) -> list[dict[str, str]]:
+    return [
+        {"name": s.name, "datatype": s.datatype, "shape": "[" + ", ".join(map(str, s.shape)) + "]"}
+        for s in specs
+    ]
+
+
+class PlaygroundForm(Form):
+    """The playground's request: a KServe v2 JSON body, at most ``INFER_MAX_BODY_BYTES``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        limit = settings.INFER_MAX_BODY_BYTES
+        self.fields["body"] = forms.CharField(
+            label="Request body (JSON)",
+            max_length=limit,
+            strip=False,
+            widget=forms.Textarea(attrs={"rows": 12, "spellcheck": "false", "class": "code-input"}),
+            help_text=(
+                "A KServe v2 inference request, as sent to /v2/models/&lt;id&gt;/infer. "
+                f"Running it is a real call, paid from your credit. At most {limit:,} bytes."
+            ),
+        )
+
+    def clean_body(self) -> bytes:
+        text: str = self.cleaned_data["body"]
+        encoded = text.encode()
+        if len(encoded) > settings.INFER_MAX_BODY_BYTES:
+            raise forms.ValidationError(
+                f"The request is {len(encoded):,} bytes; at most "
+                f"{settings.INFER_MAX_BODY_BYTES:,} are allowed."
+            )
+        try:
+            parsed = json.loads(text)
+        except ValueError as exc:
+            raise forms.ValidationError(f"Not valid JSON: {exc}.") from None
+        if not isinstance(parsed, dict):
+            raise forms.ValidationError('The request must be a JSON object: {"inputs": [...]}.')
+        return encoded
+
+
+@dataclass(frozen=True, slots=True)
+class PlaygroundRun:
+    output: str
+    truncated: bool
+    latency_ms: str
+    cost: str
+    units: int
+    site: str
+    model_version: str
+
+
+#: The playground and the job page show at most this much of a JSON document.
+PREVIEW_BYTES = 20_000
+
+
+def _scalar_list(array: Any) -> list[object]:
+    flat = array.reshape(-1)
+    if flat.dtype == object:
+        return [v.decode(errors="replace") if isinstance(v, bytes) else v for v in flat]
+    if flat.dtype.kind == "f":
+        # The shortest text that reads back as the same float32, not its float64 widening.
+        return [float(str(v)) for v in flat]
+    return list(flat.tolist())
+
+
+def _response_document(outcome: inference.InferOutcome) -> object:
+    """The v2 response as JSON, with binary outputs decoded into ``data`` lists."""
+    if not outcome.header_length:
+        return json.loads(outcome.body)
+    header_length = int(outcome.header_length)
+    header = json.loads(outcome.body[:header_length])
+    arrays = kserve.response_parse(outcome.body, header_length)
+    for output in header.get("outputs", []):
+        parameters = output.get("parameters") or {}
+        if parameters.pop("binary_data_size", None) is not None:
+            output["data"] = _scalar_list(arrays[output["name"]])
+        if not parameters:
+            output.pop("parameters", None)
+    return header
+
+
+def _pretty_json(value: object, depth: int = 0) -> str:
+    """Indented JSON whose lists of numbers or strings stay on one line."""
+    pad = "  " * (depth + 1)
+    if isinstance(value, dict) and value:
+        items = [f"{pad}{json.dumps(k)}: {_pretty_json(v, depth + 1)}" for k, v in value.items()]
+        return "{\n" + ",\n".join(items) + "\n" + "  " * depth + "}"
+    if isinstance(value, list) and any(isinstance(v, dict | list) for v in value):
+        items = [f"{pad}{_pretty_json(v, depth + 1)}" for v in value]
+        return "[\n" + ",\n".join(items) + "\n" + "  " * depth + "]"
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _preview(value: object) -> tuple[str, bool]:
+    """Pretty JSON cut to ``PREVIEW_BYTES``, and whether it was cut."""
+    text = _pretty_json(value)
+    encoded = text.encode()
+    if len(encoded) <= PREVIEW_BYTES:
+        return text, False
+    return encoded[:PREVIEW_BYTES].decode(errors="ignore"), True
+
+
+def _playground_run(outcome: inference.InferOutcome, elapsed: float) -> PlaygroundRun:
+    try:
+        output, truncated = _preview(_response_document(outcome))
+    except (ValueError, KeyError, kserve.KServeError):
+        logger.warning("playground: response of %s not shown as JSON", outcome.site_slug)
+        output = outcome.body[:PREVIEW_BYTES].decode(errors="replace")
+        truncated = len(outcome.body) > PREVIEW_BYTES
+    return PlaygroundRun(
+        output=output,
+        truncated=truncated,
+        latency_ms=f"{elapsed * 1000:.1f}",
+        cost=_usd_exact(outcome.usage.cost_micros),
+        units=outcome.usage.units,
+        site=outcome.site_slug,
+        model_version=outcome.model_version,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class PlaygroundError:
+    status: int
+    message: str
+    code: str
+
+
+def _playground_error(exc: Exception) -> PlaygroundError:
+    """The API's error vocabulary (``marketplace.api.errors``) for the playground form."""
+    if isinstance(exc, kserve.KServeError):
+        where = f" ({exc.field})" if exc.field else ""
+        return PlaygroundError(exc.status, exc.message + where, exc.code)
+    if isinstance(exc, DomainError):
+        return PlaygroundError(exc.status, exc.message, exc.code)
+    if isinstance(exc, InsufficientCredits):
+        return PlaygroundError(402, "Not enough credit — buy credits to run this call.", exc.code)
+    if isinstance(exc, BillingError):
+        return PlaygroundError(402, exc.message, exc.code)
+    if isinstance(exc, NoHealthySite):
+        return PlaygroundError(
+            503,
+            "No site can serve this model right now. Nothing was charged; try again soon.",
+            "no_healthy_site",
+        )
+    if isinstance(exc, SitesUnavailable):
+        return PlaygroundError(
+            503,
+            f"Every site tried was busy or failed ({exc.message}). Nothing was charged.",
+            "overloaded" if exc.busy else "sites_unavailable",
+        )
+    if isinstance(exc, TritonRejected):
+        return PlaygroundError(
+            400, f"The model refused the input: {exc.message}", "inference_rejected"
+        )
+    if isinstance(exc, TritonError):
+        return PlaygroundError(
+            502, f"The site answered with an error: {exc.message}", "upstream_error"
+        )
+    raise exc
+
+
+@never_cache
+@tenant_page(Permission.USE_MODELS)
+def model_page(request: PortalRequest, slug: str) -> HttpResponse:
+    """A model's schema, code samples and playground; a POST runs a real, paid call."""
+    try:
+        entry = catalog.model_for_caller(slug, tenant=request.tenant, key=None)
+    except DomainError as exc:
+        raise Http404(exc.message) from None
+    model = entry.model
+    form = PlaygroundForm(request.POST or None, initial={"body": _example_body(entry)})
+    run: PlaygroundRun | None = None
+    error: PlaygroundError | None = None
+    status = 200
+    if request.method == "POST":
+        if form.is_valid():
+            started = time.perf_counter()
+            try:
+                outcome = inference.infer_v2(
+                    tenant=request.tenant,
+                    key=None,
+                    slug=model.slug,
+                    body=form.cleaned_data["body"],
+                    header_length=None,
+                )
+            except (
+                kserve.KServeError,
+                DomainError,
+                BillingError,
+                NoHealthySite,
+                SitesUnavailable,
+                TritonError,
+            ) as exc:
+                error = _playground_error(exc)
+                if error.status >= 500:
+                    logger.warning("playground: %s for %s: %s", error.code, model.slug, exc)
+                form.add_error("body", error.message)
+                status = error.status
+            else:
+                run = _playground_run(outcome, time.perf_counter() - started)
+        else:
+            status = 400
+    sites = portal_selectors.model_sites([model.pk]).get(model.pk, [])
+    return render(
+        request,
+        "portal/model.html",
+        {
+            "nav": "models",
+            "model": _model_card(model, sites),
+            "description": model.description,
+            "max_batch_size": model.max_batch_size,
+            "inputs": _schema_rows(entry.inputs),
+            "outputs": _schema_rows(entry.outputs),
+            "samples": _code_samples(entry, request.build_absolute_uri("/")),
+            "form": form,
+            "run": run,
+            "error": error,
+        },
+        status=status,
+    )
+
+
+# ---- Jobs ----------------------------------------------------------------------
+
+
+class JobFilterForm(Form):
+    """The jobs list's filters and page position, from the query string."""
+
+    status = forms.ChoiceField(
+        label="Status", required=False, choices=[("", "Any status"), *Job.Status.choices]
+    )
+    model = forms.ChoiceField(label="Model", required=False)
+    before = forms.CharField(required=False, max_length=50, widget=forms.HiddenInput)
+    after = forms.CharField(required=False, max_length=50, widget=forms.HiddenInput)
+
+    def __init__(self, *args: Any, model_slugs: list[str], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["model"].choices = [("", "Any model"), *((s, s) for s in model_slugs)]  # type: ignore[attr-defined]
+
+    def _clean_cursor(self, name: str) -> tuple[datetime, int] | None:
+        raw: str = self.cleaned_data[name]
+        if not raw:
+            return None
+        position = portal_selectors.cursor_decode(raw)
+        if position is None:
+            raise forms.ValidationError("This page link is not valid; start from the newest jobs.")
+        return position
+
+    def clean_before(self) -> tuple[datetime, int] | None:
+        return self._clean_cursor("before")
+
+    def clean_after(self) -> tuple[datetime, int] | None:
+        return self._clean_cursor("after")
+
+
+def _jobs_query(filters: dict[str, Any], **cursor: str) -> str:
+    params = {k: filters[k] for k in ("status", "model") if filters.get(k)}
+    return "?" + urlencode({**params, **cursor})
+
+
+@never_cache
 @tenant_page(Permission.USE_MODELS)
 def jobs_page(request: PortalRequest) -> HttpResponse:
-    return render(request, "portal/placeholder.html", {"title": "Jobs", "nav": "jobs"})
+    """The tenant's jobs, newest first, filtered by status and model, keyset-paged."""
+    slugs = list(catalog.models_visible(tenant=request.tenant).values_list("slug", flat=True))
+    form = JobFilterForm(request.GET, model_slugs=slugs)
+    rows: list[dict[str, object]] = []
+    older_url = newer_url = None
+    status = 200
+    if form.is_valid():
+        data = form.cleaned_data
+        page = portal_selectors.jobs_page(
+            tenant=request.tenant,
+            status=data["status"] or None,
+            model_slug=data["model"] or None,
+            before=data["before"],
+            after=data["after"],
+        )
+        rows = [_job_row(job) for job in page.jobs]
+        older_url = _jobs_query(data, before=page.older) if page.older else None
+        newer_url = _jobs_query(data, after=page.newer) if page.newer else None
+    else:
+        status = 400
+    return render(
+        request,
+        "portal/jobs.html",
+        {
+            "nav": "jobs",
+            "form": form,
+            "filtered": any(request.GET.get(k) for k in ("status", "model")),
+            "jobs": rows,
+            "older_url": older_url,
+            "newer_url": newer_url,
+        },
+        status=status,
+    )
+
+
+#: A job page that is not final reloads itself this often (no script needed).
+JOB_REFRESH_SECONDS = 2
+_CANCELABLE = (Job.Status.QUEUED, Job.Status.RUNNING)
+
+
+@never_cache
+@tenant_page(Permission.USE_MODELS)
+def job_page(request: PortalRequest, public_id: str) -> HttpResponse:
+    """One job: state, cost, input and output previews, webhook deliveries."""
+    job = portal_selectors.job_get(tenant=request.tenant, public_id=public_id)
+    if job is None:
+        raise Http404("No such job.")
+    request_preview, request_cut = _preview(job.request)
+    output_preview, output_cut = _preview(job.output) if job.output is not None else ("", False)
+    return render(
+        request,
+        "portal/job.html",
+        {
+            "nav": "jobs",
+            "job": job,
+            "row": _job_row(job),
+            "cancelable": job.status in _CANCELABLE,
+            "refresh_seconds": None if job.is_final else JOB_REFRESH_SECONDS,
+            "request_preview": request_preview,
+            "request_truncated": request_cut,
+            "output_preview": output_preview,
+            "output_truncated": output_cut,
+            "deliveries": list(job.webhook_deliveries.order_by("attempt")[:50]),
+        },
+    )
+
+
+@require_POST
+@tenant_page(Permission.USE_MODELS)
+def job_cancel(request: PortalRequest, public_id: str) -> HttpResponse:
+    """Cancel a queued or running job and release its hold."""
+    job = portal_selectors.job_get(tenant=request.tenant, public_id=public_id)
+    if job is None:
+        raise Http404("No such job.")
+    try:
+        jobs.job_cancel(job=job)
+    except DomainError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, "Job canceled. Its credit hold was released; nothing is charged.")
+    return redirect("portal:job", public_id=job.public_id)
 
 
 @never_cache
