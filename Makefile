@@ -1,7 +1,7 @@
 # The two README commands: `make run` (the whole system on this machine) and
 # `make test` (the test suite). Both install the dependencies first if needed.
 .DEFAULT_GOAL := help
-.PHONY: help install run test lint fmt clean
+.PHONY: help install chromium run test lint fmt clean
 
 VENV ?= .venv
 PY = $(VENV)/bin/python
@@ -27,7 +27,12 @@ install: $(VENV)/.installed
 run: install
 	$(PY) -m deploy.run
 
-test: install
+# The browser tests drive Debian's Chromium; installed once here (we run as root).
+# Playwright's own browser download (`playwright install`) is never used.
+chromium:
+	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
+
+test: install chromium
 	$(PY) -m deploy.testrun $(PYTEST_ARGS)
 
 lint: install

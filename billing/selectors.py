@@ -283,6 +283,22 @@ def usage_summary(
     ]
 
 
+def usage_by_day_and_model(
+    tenant_id: int, start: datetime, end: datetime
+) -> dict[date, dict[str, int]]:
+    """Cost in micro-USD per UTC day and model in ``[start, end)``: one aggregate."""
+    rows = (
+        _usage(tenant_id, start, end)
+        .annotate(day=TruncDate("created_at", tzinfo=UTC))
+        .values("day", "model_slug")
+        .annotate(total_amount=Coalesce(Sum("amount_micros"), 0))
+    )
+    split: dict[date, dict[str, int]] = {}
+    for row in rows:
+        split.setdefault(row["day"], {})[row["model_slug"]] = -int(row["total_amount"])
+    return split
+
+
 def month_to_date_usage(tenant_id: int, *, now: datetime | None = None) -> int:
     """What the tenant's usage cost since the start of this UTC month, in micro-USD.
 

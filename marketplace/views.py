@@ -118,6 +118,7 @@ def dashboard(request: PortalRequest) -> HttpResponse:
     usage_end = billing_selectors.day_start_utc(today + timedelta(days=1))
     by_model = billing_selectors.usage_summary(tenant.pk, usage_start, usage_end, "model")
     by_day = billing_selectors.usage_summary(tenant.pk, usage_start, usage_end, "day")
+    by_day_model = billing_selectors.usage_by_day_and_model(tenant.pk, usage_start, usage_end)
     return render(
         request,
         "portal/overview.html",
@@ -133,7 +134,10 @@ def dashboard(request: PortalRequest) -> HttpResponse:
             "usage_start": usage_start,
             "usage_days": USAGE_DAYS,
             "usage_by_model": [_usage_row(row) for row in by_model],
-            "usage_by_day": [_usage_row(row) for row in by_day],
+            "usage_by_day": [
+                {**_usage_row(row), "by_model": by_day_model.get(row.group, {})}  # type: ignore[arg-type]
+                for row in by_day
+            ],
             "usage_total": _usd_exact(sum(row.cost_micros for row in by_day)),
         },
     )
