@@ -93,6 +93,11 @@ def database_from_env(default: str) -> dict[str, Any]:
         }
     else:
         db["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=300)
+        # PostgreSQL's JIT compiler spends ~170 ms compiling the operator reports'
+        # aggregates (measured by bench/portal.py) and never pays off on short queries.
+        options = dict(db.get("OPTIONS", {}))
+        options["options"] = (options.get("options", "") + " -c jit=off").strip()
+        db["OPTIONS"] = options
     return db
 
 

@@ -5,14 +5,12 @@ than running with a guessable key or an empty webhook secret.
 """
 
 from .base import *  # noqa: F403
-from .base import databases, env
+from .base import database_from_env, databases, env
 
 DEBUG = False
 SECRET_KEY = env.str("SECRET_KEY")
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS")
-_database = env.db_url("DATABASE_URL")
-_database["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=300)
-DATABASES = databases(_database)
+DATABASES = databases(database_from_env(env.str("DATABASE_URL")))
 REDIS_URL = env.str("REDIS_URL")
 CACHES["default"]["LOCATION"] = REDIS_URL  # noqa: F405
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL)
