@@ -9,15 +9,16 @@ Periods are half-open ``[start, end)`` in UTC.
 This app refers to tenants by id only; it imports nothing from ``marketplace``.
 """
 
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from typing import Any, Literal
 
 from django.db.models import Count, F, Q, QuerySet, Subquery, Sum
 from django.db.models.functions import Coalesce, TruncDate
 from django.utils import timezone
+
+from config import keyset
 
 from .models import CreditAccount, Invoice, LedgerEntry, Purchase
 
@@ -28,8 +29,6 @@ LEDGER_PAGE_SIZE = 50
 LEDGER_PAGE_MAX = 200
 CSV_BATCH_SIZE = 2000
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_CURSOR_RE = re.compile(r"^(-?\d{1,20})-(\d{1,20})$")
 _LEDGER_FIELDS = (
     "id",
     "kind",
@@ -97,23 +96,6 @@ class LedgerPage:
     newer: str | None
 
 
-def _cursor_encode(entry: LedgerEntry) -> str:
-    micros = (entry.created_at - _EPOCH) // timedelta(microseconds=1)
-    return f"{micros}-{entry.pk}"
-
-
-def _cursor_decode(cursor: str | None) -> tuple[datetime, int] | None:
-    """The (created_at, id) position a cursor names; None for a missing or malformed one."""
-    match = _CURSOR_RE.match(cursor or "")
-    if match is None:
-        return None
-    try:
-        created_at = _EPOCH + timedelta(microseconds=int(match.group(1)))
-    except OverflowError:
-        return None
-    return created_at, int(match.group(2))
-
-
 def ledger_page(
     tenant_id: int,
     *,
@@ -132,48 +114,13 @@ def ledger_page(
     """
     limit = max(1, min(limit, LEDGER_PAGE_MAX))
     entries = LedgerEntry.objects.filter(tenant_id=tenant_id).only(*_LEDGER_FIELDS)
-    newer_position = _cursor_decode(after)
-    older_position = _cursor_decode(before)
-    if newer_position is not None:
-        created_at, pk = newer_position
-        # The explicit bound lets PostgreSQL turn the OR into an index range.
-        rows = list(
-            entries.filter(created_at__gte=created_at)
-            .filter(Q(created_at__gt=created_at) | Q(pk__gt=pk))
-            .order_by("created_at", "id")[: limit + 1]
-        )
-        if rows:
-            has_newer = len(rows) > limit
-            rows = rows[:limit]
-            rows.reverse()
-            return LedgerPage(
-                entries=rows,
-                older=_cursor_encode(rows[-1]),
-                newer=_cursor_encode(rows[0]) if has_newer else None,
-            )
-    elif older_position is not None:
-        created_at, pk = older_position
-        rows = list(
-            entries.filter(created_at__lte=created_at)
-            .filter(Q(created_at__lt=created_at) | Q(pk__lt=pk))
-            .order_by("-created_at", "-id")[: limit + 1]
-        )
-        if rows:
-            has_older = len(rows) > limit
-            rows = rows[:limit]
-            return LedgerPage(
-                entries=rows,
-                older=_cursor_encode(rows[-1]) if has_older else None,
-                newer=_cursor_encode(rows[0]),
-            )
-    rows = list(entries.order_by("-created_at", "-id")[: limit + 1])
-    has_older = len(rows) > limit
-    rows = rows[:limit]
-    return LedgerPage(
-        entries=rows,
-        older=_cursor_encode(rows[-1]) if has_older else None,
-        newer=None,
+    found = keyset.page(
+        entries,
+        before=keyset.cursor_decode(before),
+        after=keyset.cursor_decode(after),
+        limit=limit,
     )
+    return LedgerPage(entries=found.rows, older=found.older, newer=found.newer)
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,15 +6,15 @@ and site health is read once per call from the Redis snapshot that
 ``workers.health`` writes (the same one routing uses), never by probing a server.
 """
 
-import re
 import time
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 
-from django.db.models import Q, QuerySet
+from django.db.models import QuerySet
 
+from config import keyset
 from workers import routing
 from workers.models import Deployment, Site, TritonServer
 
@@ -36,9 +36,6 @@ _JOB_LIST_FIELDS = (
     "model__slug",
     "model__name",
 )
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_CURSOR_RE = re.compile(r"^(\d{1,20})-(\d{1,20})$")
 
 
 # ---- Site health ---------------------------------------------------------------
@@ -170,21 +167,9 @@ class JobPage:
     newer: str | None
 
 
-def _cursor_encode(job: Job) -> str:
-    micros = (job.created_at - _EPOCH) // timedelta(microseconds=1)
-    return f"{micros}-{job.pk}"
-
-
 def cursor_decode(cursor: str) -> tuple[datetime, int] | None:
-    """The (created_at, id) position a cursor names, or None if it is malformed."""
-    match = _CURSOR_RE.match(cursor)
-    if match is None:
-        return None
-    try:
-        created_at = _EPOCH + timedelta(microseconds=int(match.group(1)))
-    except OverflowError:
-        return None
-    return created_at, int(match.group(2))
+    """The (created_at, id) position a jobs-page cursor names, or None if malformed."""
+    return keyset.cursor_decode(cursor)
 
 
 def jobs_page(
@@ -207,41 +192,8 @@ def jobs_page(
         jobs = jobs.filter(status=status)
     if model_slug:
         jobs = jobs.filter(model__slug=model_slug)
-    if after is not None:
-        created_at, pk = after
-        rows = list(
-            jobs.filter(created_at__gte=created_at)
-            .filter(Q(created_at__gt=created_at) | Q(pk__gt=pk))
-            .order_by("created_at", "id")[: limit + 1]
-        )
-        if rows:
-            has_newer = len(rows) > limit
-            rows = rows[:limit]
-            rows.reverse()
-            return JobPage(
-                jobs=rows,
-                older=_cursor_encode(rows[-1]),
-                newer=_cursor_encode(rows[0]) if has_newer else None,
-            )
-    elif before is not None:
-        created_at, pk = before
-        rows = list(
-            jobs.filter(created_at__lte=created_at)
-            .filter(Q(created_at__lt=created_at) | Q(pk__lt=pk))
-            .order_by("-created_at", "-id")[: limit + 1]
-        )
-        if rows:
-            has_older = len(rows) > limit
-            rows = rows[:limit]
-            return JobPage(
-                jobs=rows,
-                older=_cursor_encode(rows[-1]) if has_older else None,
-                newer=_cursor_encode(rows[0]),
-            )
-    rows = list(jobs.order_by("-created_at", "-id")[: limit + 1])
-    has_older = len(rows) > limit
-    rows = rows[:limit]
-    return JobPage(jobs=rows, older=_cursor_encode(rows[-1]) if has_older else None, newer=None)
+    found = keyset.page(jobs, before=before, after=after, limit=limit)
+    return JobPage(jobs=found.rows, older=found.older, newer=found.newer)
 
 
 def job_get(*, tenant: Tenant, public_id: str) -> Job | None:
