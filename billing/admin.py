@@ -1,8 +1,9 @@
 """Staff admin for credit: accounts, the ledger, reservations and the metering outbox.
 
 Money columns are never edited here. The only way staff move credit is the
-"Grant credit" and "Adjust credit" actions, which book a ledger entry through
-``billing.ledger.entry_book`` and write an audit event in the same transaction.
+"Grant credit" and "Adjust credit" actions, which go through
+``marketplace.services.credit_staff_book`` (the operator console's adjustments too):
+the ledger entry and its audit event in one transaction, once per form.
 The ledger, reservations and usage records are read-only: they are history.
 """
 
@@ -11,16 +12,15 @@ from typing import Any
 
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
-from django.db import transaction
 from django.db.models import QuerySet
 from django.forms import ModelForm
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 
+from marketplace import services
 from marketplace.models import User
-from marketplace.services import audit_record
 
-from . import ledger, money, payments, stripe_gateway
+from . import money, payments, stripe_gateway
 from .forms import StaffCreditForm, StaffRefundForm
 from .models import CreditAccount, Invoice, LedgerEntry, Purchase, Reservation, UsageRecord
 
@@ -125,8 +125,8 @@ class CreditAccountAdmin(admin.ModelAdmin[CreditAccount]):
 
 
 _ACTIONS = {
-    LedgerEntry.Kind.GRANT: ("grant_credit", "Grant credit", "credit.granted"),
-    LedgerEntry.Kind.ADJUSTMENT: ("adjust_credit", "Adjust credit", "credit.adjusted"),
+    LedgerEntry.Kind.GRANT: ("grant_credit", "Grant credit"),
+    LedgerEntry.Kind.ADJUSTMENT: ("adjust_credit", "Adjust credit"),
 }
 
 
@@ -142,7 +142,7 @@ def _credit_action(
     The form carries a token made when it was shown; it is the entries' source, so
     submitting the same form twice (a double click, a reload) books nothing more.
     """
-    action_name, title, audit_action = _ACTIONS[kind]
+    action_name, title = _ACTIONS[kind]
     accounts = list(queryset.select_related("tenant"))
     positive_only = kind == LedgerEntry.Kind.GRANT
     if "apply" in request.POST:
@@ -151,7 +151,6 @@ def _credit_action(
             booked = _credit_book(
                 accounts,
                 kind=kind,
-                audit_action=audit_action,
                 amount_micros=form.amount_micros(),
                 reason=form.cleaned_data["reason"],
                 token=form.cleaned_data["token"],
@@ -183,36 +182,23 @@ def _credit_book(
     accounts: list[CreditAccount],
     *,
     kind: LedgerEntry.Kind,
-    audit_action: str,
     amount_micros: int,
     reason: str,
     token: uuid.UUID,
     actor: User,
 ) -> int:
     """Book the entry and its audit event on each account, each pair atomically."""
-    booked = 0
-    for account in accounts:
-        with transaction.atomic():
-            entry, created = ledger.entry_book(
-                tenant_id=account.tenant_id,
-                kind=kind,
-                source=f"staff:{token}",
-                amount_micros=amount_micros,
-                reason=reason,
-                created_by_id=actor.pk,
-            )
-            if not created:
-                continue
-            audit_record(
-                action=audit_action,
-                actor=actor,
-                target=account,
-                tenant=account.tenant,
-                reason=reason,
-                metadata={"amount_micros": amount_micros, "ledger_entry_id": entry.pk},
-            )
-            booked += 1
-    return booked
+    return sum(
+        services.credit_staff_book(
+            tenant=account.tenant,
+            actor=actor,
+            kind=kind,
+            amount_micros=amount_micros,
+            reason=reason,
+            token=token,
+        )[1]
+        for account in accounts
+    )
 
 
 @admin.register(LedgerEntry)
@@ -284,7 +270,7 @@ class PurchaseAdmin(ReadOnlyAdmin):
                 except (payments.AmountInvalid, stripe_gateway.GatewayError) as exc:
                     self.message_user(request, f"Purchase {purchase.pk}: {exc}", messages.ERROR)
                     continue
-                audit_record(
+                services.audit_record(
                     action="credit.refunded",
                     actor=request.user,  # type: ignore[arg-type]
                     target=purchase,

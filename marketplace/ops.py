@@ -13,7 +13,6 @@ from typing import Any
 
 from django import forms
 from django.contrib import messages
-from django.db import transaction
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBase
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
@@ -21,7 +20,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.http import require_GET, require_POST
 
-from billing import ledger, money
+from billing import money
 from billing import selectors as billing_selectors
 from billing.forms import StaffCreditForm
 from billing.models import LedgerEntry
@@ -127,35 +126,6 @@ class RevenuePeriodForm(forms.Form):
 
 
 # ---- Writes --------------------------------------------------------------------
-
-
-@transaction.atomic
-def credit_adjust(
-    *, tenant: Tenant, actor: User, amount_micros: int, reason: str, token: uuid.UUID
-) -> tuple[LedgerEntry, bool]:
-    """Book a staff adjustment and its audit event together, once per form token.
-
-    The token is the ledger source: a second submission of the same form finds the
-    entry already booked and writes nothing (returns it with ``False``).
-    """
-    entry, created = ledger.entry_book(
-        tenant_id=tenant.pk,
-        kind=LedgerEntry.Kind.ADJUSTMENT,
-        source=f"staff:{token}",
-        amount_micros=amount_micros,
-        reason=reason,
-        created_by_id=actor.pk,
-    )
-    if created:
-        services.audit_record(
-            action="credit.adjusted",
-            actor=actor,
-            target=entry.account,
-            tenant=tenant,
-            reason=reason,
-            metadata={"amount_micros": amount_micros, "ledger_entry_id": entry.pk},
-        )
-    return entry, created
 
 
 # ---- Sites ---------------------------------------------------------------------
@@ -410,9 +380,10 @@ def tenant_credit(request: StaffRequest, slug: str) -> HttpResponse:
     form = StaffCreditForm(request.POST, auto_id="id_credit_%s")
     if not form.is_valid():
         return _tenant_render(request, tenant, credit_form=form, status=400)
-    _, created = credit_adjust(
+    _, created = services.credit_staff_book(
         tenant=tenant,
         actor=request.user,
+        kind=LedgerEntry.Kind.ADJUSTMENT,
         amount_micros=form.amount_micros(),
         reason=form.cleaned_data["reason"],
         token=form.cleaned_data["token"],

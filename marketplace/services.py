@@ -6,6 +6,7 @@ that transaction, and sends e-mail only after commit.
 
 import hashlib
 import secrets
+import uuid
 from datetime import datetime, timedelta
 
 from django.conf import settings
@@ -17,6 +18,7 @@ from django.utils import timezone
 from django.utils.text import slugify
 
 from billing import ledger
+from billing.models import LedgerEntry
 
 from . import keycache, keys
 from .exceptions import InvitationInvalid, LastOwnerError
@@ -295,3 +297,44 @@ def membership_remove(*, membership: Membership, actor: User) -> None:
         metadata={"user": membership.user.email, "role": membership.role},
     )
     membership.delete()
+
+
+_STAFF_CREDIT_ACTIONS = {
+    LedgerEntry.Kind.GRANT: "credit.granted",
+    LedgerEntry.Kind.ADJUSTMENT: "credit.adjusted",
+}
+
+
+@transaction.atomic
+def credit_staff_book(
+    *,
+    tenant: Tenant,
+    actor: User,
+    kind: LedgerEntry.Kind,
+    amount_micros: int,
+    reason: str,
+    token: uuid.UUID,
+) -> tuple[LedgerEntry, bool]:
+    """Book a staff grant or adjustment and its audit event together, once per form.
+
+    The form's one-time token is the ledger source, so a second submission of the
+    same form (a double click, a reload) finds the entry booked and writes nothing.
+    """
+    entry, created = ledger.entry_book(
+        tenant_id=tenant.pk,
+        kind=kind,
+        source=f"staff:{token}",
+        amount_micros=amount_micros,
+        reason=reason,
+        created_by_id=actor.pk,
+    )
+    if created:
+        audit_record(
+            action=_STAFF_CREDIT_ACTIONS[kind],
+            actor=actor,
+            target=entry.account,
+            tenant=tenant,
+            reason=reason,
+            metadata={"amount_micros": amount_micros, "ledger_entry_id": entry.pk},
+        )
+    return entry, created
