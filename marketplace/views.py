@@ -643,7 +643,10 @@ def job_page(request: PortalRequest, public_id: str) -> HttpResponse:
     job = portal_selectors.job_get(tenant=request.tenant, public_id=public_id)
     if job is None:
         raise Http404("No such job.")
-    request_preview, request_cut = _preview(job.request)
+    if job.payload_purged:
+        request_preview, request_cut = "", False
+    else:
+        request_preview, request_cut = _preview(job.request)
     output_preview, output_cut = _preview(job.output) if job.output is not None else ("", False)
     return render(
         request,
@@ -659,6 +662,7 @@ def job_page(request: PortalRequest, public_id: str) -> HttpResponse:
             "output_preview": output_preview,
             "output_truncated": output_cut,
             "deliveries": list(job.webhook_deliveries.order_by("attempt")[:50]),
+            "retention_days": settings.JOB_PAYLOAD_RETENTION_DAYS,
         },
     )
 
