@@ -32,7 +32,7 @@ from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST
 
-from billing import ledger, money, payments, stripe_gateway
+from billing import money, payments, stripe_gateway
 from billing import selectors as billing_selectors
 from billing.exceptions import BillingError, InsufficientCredits
 from billing.forms import BillingSettingsForm, CreditPurchaseForm, LedgerExportForm
@@ -876,11 +876,12 @@ def billing_cancel(request: PortalRequest) -> HttpResponse:
 @tenant_page(Permission.MANAGE_BILLING)
 def billing_settings(request: PortalRequest) -> HttpResponse:
     """Save the low-balance alert and automatic top-up settings."""
-    form = BillingSettingsForm(request.POST)
+    # The saved values as initial data, so the audit event names only what changed.
+    account = billing_selectors.account_get(request.tenant.pk)
+    form = BillingSettingsForm(request.POST, initial=BillingSettingsForm.initial_for(account))
     if not form.is_valid():
         return _billing_render(request, settings_form=form, status=400)
-    ledger.account_open(tenant_id=request.tenant.pk)
-    form.save(tenant_id=request.tenant.pk)
+    services.billing_settings_save(tenant=request.tenant, actor=request.user, form=form)
     messages.success(request, "Billing settings saved.")
     return redirect(reverse("portal:billing") + "#settings")
 
