@@ -8,7 +8,9 @@ from typing import Any
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+from django.contrib.admin.utils import unquote
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
+from django.db import transaction
 from django.db.models import OuterRef, QuerySet
 from django.forms import ModelForm
 from django.http import HttpRequest, HttpResponse
@@ -29,6 +31,30 @@ class UserAdmin(AuditedModelAdmin[User], BaseUserAdmin):
     """Users; who made whom staff or superuser is audited (never a password)."""
 
     audit_name = "user"
+
+    def user_change_password(
+        self, request: HttpRequest, id: str, form_url: str = ""
+    ) -> HttpResponse:
+        """Django's set-password page, audited (``user.password_changed``, no value)."""
+        with transaction.atomic():
+            response = super().user_change_password(request, id, form_url)
+            # Success redirects to the user's page; a refused form stays on this one.
+            changed = (
+                request.method == "POST"
+                and response.status_code == 302
+                and response["Location"] != request.get_full_path()
+            )
+            if changed:
+                user = User.objects.get(pk=unquote(id))
+                services.audit_record(
+                    action="user.password_changed",
+                    actor=request.user,  # type: ignore[arg-type]
+                    target=user,
+                    tenant=None,
+                    metadata={"object": str(user)},
+                )
+        return response
+
     ordering = ("email",)
     list_display = ("email", "first_name", "last_name", "is_staff", "is_active", "date_joined")
     search_fields = ("email", "first_name", "last_name")

@@ -62,6 +62,7 @@ class AuditEvent(models.Model):
         "catalog_model.changed": "Catalog model or price changed",
         "user.created": "User created",
         "user.changed": "User changed",
+        "user.password_changed": "User's password set by staff",
         "user.deleted": "User deleted",
     }
     #: The actions that can concern one tenant (the portal's filter offers these).

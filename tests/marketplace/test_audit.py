@@ -312,6 +312,24 @@ def test_making_a_user_staff_is_audited_without_any_password(staff, staff_client
     assert event.metadata["changes"] == {"is_staff": {"from": False, "to": True}}
 
 
+def test_password_set_by_staff_is_audited_without_the_password(world, staff, staff_client):
+    url = f"/admin/marketplace/user/{world.owner.pk}/password/"
+    before = _last_id()
+    refused = staff_client.post(url, {"password1": "a-Long-pass-1", "password2": "other"})
+    assert refused.status_code == 200
+    assert _events(pk__gt=before) == []
+    response = staff_client.post(
+        url,
+        {"password1": "a-Long-pass-1", "password2": "a-Long-pass-1", "set_usable_password": "true"},
+    )
+    assert response.status_code == 302
+    event = _assert_one_event(before, "user.password_changed", actor=staff, tenant=None)
+    assert event.target_id == str(world.owner.pk)
+    assert "a-Long-pass-1" not in json.dumps(event.metadata)
+    world.owner.refresh_from_db()
+    assert world.owner.check_password("a-Long-pass-1")
+
+
 def test_account_settings_changed_in_the_admin_are_audited(world, staff, staff_client):
     account = CreditAccount.objects.get(tenant=world.tenant)
     url = f"/admin/billing/creditaccount/{account.pk}/change/"
