@@ -16,6 +16,8 @@ from django.utils import timezone
 
 from billing import ledger
 from billing.models import LedgerEntry, UsageRecord
+from config.celery import app as celery_app
+from marketplace import jobs as job_services
 from marketplace import retention
 from marketplace.models import CatalogModel, Job
 from workers import tasks
@@ -255,4 +257,25 @@ def test_beat_task_purges_one_bounded_run(jobs):
 def test_beat_schedules_the_purge():
     entry = settings.CELERY_BEAT_SCHEDULE["jobs-purge-payloads"]
     assert entry["task"] == tasks.jobs_purge_payloads.name
+    celery_app.loader.import_default_modules()
+    assert entry["task"] in celery_app.tasks
     assert entry["options"]["queue"] == "default"
+
+
+def test_idempotent_resubmission_of_a_purged_job_still_returns_it(world, model):
+    """Replays compare the stored hash, never the (deleted) request body."""
+    body = {"model": "echo", **REQUEST}
+    job = _job(world, model, "replayed", status=Job.Status.SUCCEEDED, finished_days_ago=40)
+    Job.objects.filter(pk=job.pk).update(
+        idempotency_key="order-1",
+        request_hash=job_services._request_hash("echo", REQUEST, ""),
+    )
+    retention.jobs_payload_purge(older_than_days=30)
+    response = world.api.post("/v1/jobs", body, format="json", HTTP_IDEMPOTENCY_KEY="order-1")
+    assert response.status_code == 202
+    assert response["Idempotent-Replayed"] == "true"
+    assert response.json()["id"] == job.public_id
+    assert response.json()["payload_purged_at"] is not None
+    changed = {"model": "echo", "inputs": [{**REQUEST["inputs"][0], "data": [7, 8, 9]}]}
+    other = world.api.post("/v1/jobs", changed, format="json", HTTP_IDEMPOTENCY_KEY="order-1")
+    assert other.status_code == 409
