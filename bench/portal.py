@@ -1,8 +1,9 @@
 """Benchmark: the portal's and the operator console's pages with a tenant's history.
 
 Seeds (into the ``cango_bench`` database, replacing its own earlier seed) a big tenant
-with 10,000 jobs and 100,000 ledger entries over the last 60 days, and a small one
-with 10 jobs and 100 entries, then measures each page two ways:
+with 10,000 jobs, 100,000 ledger entries and 1,000 audit events over the last 60
+days, and a small one with 10 jobs, 100 entries and 1 event, then measures each page
+two ways:
 
 - **queries**, in-process with Django's test ``Client`` and ``CaptureQueriesContext``:
   once with only the small tenant in the database (its pages), once after the big
@@ -301,7 +302,37 @@ def _seed_tenant(size: Size, models: list[Any], rng: random.Random) -> Any:
             LedgerEntry.objects.bulk_create(batch)
         total = LedgerEntry.objects.filter(account=account).aggregate(s=Sum("amount_micros"))["s"]
         CreditAccount.objects.filter(pk=account.pk).update(balance_micros=total, reserved_micros=0)
+    _seed_audit(tenant, owner, size.entries // AUDIT_EVENTS_PER_ENTRY, rng)
     return tenant
+
+
+#: One audit event per this many ledger entries (1,000 for the big tenant).
+AUDIT_EVENTS_PER_ENTRY = 100
+_AUDIT_ACTIONS = ("api_key.created", "api_key.revoked", "membership.role_changed", "credit.granted")
+
+
+def _seed_audit(tenant: Any, owner: Any, count: int, rng: random.Random) -> None:
+    """``count`` audit events of the tenant over the seeded period, in bulk."""
+    from django.utils import timezone
+
+    from marketplace.models import AuditEvent
+
+    now = timezone.now()
+    span = timedelta(days=DAYS).total_seconds()
+    with _created_at_settable(AuditEvent):
+        AuditEvent.objects.bulk_create(
+            AuditEvent(
+                tenant=tenant,
+                actor=owner,
+                actor_label=owner.email,
+                action=rng.choice(_AUDIT_ACTIONS),
+                target_type="ApiKey",
+                target_id=str(i),
+                metadata={"name": f"bench key {i}"},
+                created_at=now - timedelta(seconds=rng.uniform(0, span)),
+            )
+            for i in range(max(1, count))
+        )
 
 
 def _analyze() -> None:
@@ -309,10 +340,10 @@ def _analyze() -> None:
     from django.db import connection
 
     from billing.models import LedgerEntry
-    from marketplace.models import Job
+    from marketplace.models import AuditEvent, Job
 
     with connection.cursor() as cursor:
-        for model in (Job, LedgerEntry):
+        for model in (Job, LedgerEntry, AuditEvent):
             cursor.execute(f"ANALYZE {model._meta.db_table}")
 
 
@@ -339,6 +370,10 @@ def _pages(slug: str) -> list[tuple[str, str, bool]]:
             True,
         ),
         ("/ops/failures/", "/ops/failures/", True),
+        ("/audit/", "/audit/", False),
+        ("/audit/?action=credit.granted", "/audit/?action=credit.granted", False),
+        ("/ops/audit/", "/ops/audit/", True),
+        ("/ops/audit/?tenant=<slug>", f"/ops/audit/?tenant={slug}", True),
     ]
 
 

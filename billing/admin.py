@@ -110,6 +110,17 @@ class CreditAccountAdmin(admin.ModelAdmin[CreditAccount]):
         changed = [name for name in form.changed_data if name in _ACCOUNT_SETTINGS]
         if changed:
             obj.save(update_fields=changed)
+            services.audit_record(
+                action="billing.settings_changed",
+                actor=request.user,  # type: ignore[arg-type]
+                target=obj.tenant,
+                tenant=obj.tenant,
+                metadata={
+                    "changes": services.audit_changes(
+                        fields=changed, before=form.initial, after=form.cleaned_data
+                    )
+                },
+            )
 
     @admin.action(description="Grant credit to selected accounts (asks for amount and reason)")
     def grant_credit(

@@ -5,23 +5,56 @@ State changes go through the same services as the portal, so each one is audited
 
 from typing import Any
 
+from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+from django.contrib.admin.utils import unquote
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
+from django.db import transaction
 from django.db.models import OuterRef, QuerySet
+from django.forms import ModelForm
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 
 from billing import money
 from billing import selectors as billing_selectors
 
-from . import services
+from . import catalog, services
+from .audited_admin import AuditedModelAdmin
+from .exceptions import LastOwnerError
 from .forms import ReasonForm
-from .models import ApiKey, AuditEvent, Invitation, Membership, Tenant, User
+from .models import ApiKey, AuditEvent, CatalogModel, Invitation, Membership, Role, Tenant, User
 
 
 @admin.register(User)
-class UserAdmin(BaseUserAdmin):
+class UserAdmin(AuditedModelAdmin[User], BaseUserAdmin):
+    """Users; who made whom staff or superuser is audited (never a password)."""
+
+    audit_name = "user"
+
+    def user_change_password(
+        self, request: HttpRequest, id: str, form_url: str = ""
+    ) -> HttpResponse:
+        """Django's set-password page, audited (``user.password_changed``, no value)."""
+        with transaction.atomic():
+            response = super().user_change_password(request, id, form_url)
+            # Success redirects to the user's page; a refused form stays on this one.
+            changed = (
+                request.method == "POST"
+                and response.status_code == 302
+                and response["Location"] != request.get_full_path()
+            )
+            if changed:
+                user = User.objects.get(pk=unquote(id))
+                services.audit_record(
+                    action="user.password_changed",
+                    actor=request.user,  # type: ignore[arg-type]
+                    target=user,
+                    tenant=None,
+                    metadata={"object": str(user)},
+                )
+        return response
+
     ordering = ("email",)
     list_display = ("email", "first_name", "last_name", "is_staff", "is_active", "date_joined")
     search_fields = ("email", "first_name", "last_name")
@@ -80,7 +113,8 @@ def _status_action(
 
 
 @admin.register(Tenant)
-class TenantAdmin(admin.ModelAdmin[Tenant]):
+class TenantAdmin(AuditedModelAdmin[Tenant]):
+    audit_name = "tenant"
     list_display = ("name", "slug", "status", "balance", "month_to_date_usage", "created_at")
     list_filter = ("status",)
     search_fields = ("name", "slug", "memberships__user__email")
@@ -124,17 +158,70 @@ class TenantAdmin(admin.ModelAdmin[Tenant]):
         return _status_action(self, request, queryset, verb="reactivate", action_name="reactivate")
 
 
+class MembershipAdminForm(ModelForm[Membership]):
+    """Refuses, with a message, what ``membership_change_role`` would refuse."""
+
+    class Meta:
+        model = Membership
+        fields = ("role",)
+
+    def clean_role(self) -> str:
+        role: str = self.cleaned_data["role"]
+        current = self.instance
+        if (
+            current.pk is not None
+            and current.role == Role.OWNER
+            and role != Role.OWNER
+            and Membership.objects.filter(tenant_id=current.tenant_id, role=Role.OWNER).count() <= 1
+        ):
+            raise forms.ValidationError(
+                "A team needs at least one owner: make someone else owner first."
+            )
+        return role
+
+
 @admin.register(Membership)
 class MembershipAdmin(admin.ModelAdmin[Membership]):
+    """Roles change and members go through the portal's services: audited, last owner kept.
+
+    Members are added by invitation only.
+    """
+
+    form = MembershipAdminForm
     list_display = ("user", "tenant", "role", "created_at")
     list_filter = ("role",)
     search_fields = ("user__email", "tenant__name")
     list_select_related = ("user", "tenant")
-    raw_id_fields = ("user", "tenant")
+    readonly_fields = ("user", "tenant", "created_at")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def save_model(
+        self, request: HttpRequest, obj: Membership, form: ModelForm[Membership], change: bool
+    ) -> None:
+        if "role" not in form.changed_data:
+            return
+        current = Membership.objects.select_related("tenant", "user").get(pk=obj.pk)
+        services.membership_change_role(membership=current, actor=request.user, role=obj.role)  # type: ignore[arg-type]
+
+    def delete_model(self, request: HttpRequest, obj: Membership) -> None:
+        self._remove(request, obj)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Membership]) -> None:
+        for membership in queryset.select_related("tenant", "user"):
+            self._remove(request, membership)
+
+    def _remove(self, request: HttpRequest, membership: Membership) -> None:
+        try:
+            services.membership_remove(membership=membership, actor=request.user)  # type: ignore[arg-type]
+        except LastOwnerError as exc:
+            self.message_user(request, f"{membership}: {exc.message}", messages.ERROR)
 
 
 @admin.register(Invitation)
-class InvitationAdmin(admin.ModelAdmin[Invitation]):
+class InvitationAdmin(AuditedModelAdmin[Invitation]):
+    audit_name = "invitation"
     list_display = ("email", "tenant", "role", "created_at", "expires_at", "accepted_at")
     search_fields = ("email", "tenant__name")
     list_select_related = ("tenant",)
@@ -190,6 +277,38 @@ class ApiKeyAdmin(admin.ModelAdmin[ApiKey]):
         for key in queryset.select_related("tenant"):
             services.api_key_revoke(key=key, actor=request.user)  # type: ignore[arg-type]
         self.message_user(request, "Keys revoked.", messages.SUCCESS)
+
+
+@admin.register(CatalogModel)
+class CatalogModelAdmin(AuditedModelAdmin[CatalogModel]):
+    """The catalog and its prices. Each change is audited with the old and new values.
+
+    Models are never deleted here (jobs and the ledger refer to them): deactivate one
+    instead. Web processes see a change within ``CATALOG_CACHE_SECONDS``.
+    """
+
+    audit_name = "catalog_model"
+    list_display = (
+        "slug",
+        "name",
+        "task",
+        "pricing_unit",
+        "price_micros",
+        "visibility",
+        "is_active",
+    )
+    list_filter = ("is_active", "task", "pricing_unit", "visibility")
+    search_fields = ("slug", "name")
+    filter_horizontal = ("listed_tenants",)
+
+    def has_delete_permission(self, request: HttpRequest, obj: CatalogModel | None = None) -> bool:
+        return False
+
+    def save_model(
+        self, request: HttpRequest, obj: CatalogModel, form: ModelForm[CatalogModel], change: bool
+    ) -> None:
+        super().save_model(request, obj, form, change)
+        catalog.cache_clear()
 
 
 @admin.register(AuditEvent)

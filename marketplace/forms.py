@@ -1,10 +1,15 @@
+from collections.abc import Iterable
 from datetime import UTC, datetime, time
+from typing import Any
+from urllib.parse import urlencode
 
 from django import forms
 from django.http import HttpRequest
 from django.utils import timezone
 
-from .models import Role, User
+from config import keyset
+
+from .models import AuditEvent, Role, User
 
 
 class SignupForm(forms.Form):
@@ -102,3 +107,41 @@ class ReasonForm(forms.Form):
     reason = forms.CharField(
         label="Reason", max_length=500, widget=forms.Textarea(attrs={"rows": 3})
     )
+
+
+class AuditFilterForm(forms.Form):
+    """An audit page's filter and page position, from the query string."""
+
+    action = forms.ChoiceField(label="Action", required=False)
+    before = forms.CharField(required=False, max_length=50, widget=forms.HiddenInput)
+    after = forms.CharField(required=False, max_length=50, widget=forms.HiddenInput)
+
+    def __init__(self, *args: Any, actions: Iterable[str], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        choices = [(a, AuditEvent.ACTIONS.get(a, a)) for a in actions]
+        self.fields["action"].choices = [("", "Any action"), *choices]  # type: ignore[attr-defined]
+
+    def _clean_cursor(self, name: str) -> keyset.Position | None:
+        raw: str = self.cleaned_data[name]
+        if not raw:
+            return None
+        position = keyset.cursor_decode(raw)
+        if position is None:
+            raise forms.ValidationError(
+                "This page link is not valid; start from the newest events."
+            )
+        return position
+
+    def clean_before(self) -> keyset.Position | None:
+        return self._clean_cursor("before")
+
+    def clean_after(self) -> keyset.Position | None:
+        return self._clean_cursor("after")
+
+    def query(self, **cursor: str) -> str:
+        """The query string of this filter with a page cursor (``before=`` or ``after=``)."""
+        params = {k: self.cleaned_data[k] for k in self.filter_names() if self.cleaned_data.get(k)}
+        return "?" + urlencode({**params, **cursor})
+
+    def filter_names(self) -> tuple[str, ...]:
+        return ("action",)

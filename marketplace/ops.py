@@ -10,6 +10,7 @@ from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from functools import wraps
 from typing import Any
+from urllib.parse import urlencode
 
 from django import forms
 from django.contrib import messages
@@ -28,8 +29,9 @@ from workers import routing
 from workers import services as worker_services
 from workers.models import Site
 
-from . import ops_selectors, services
-from .models import Tenant, User
+from . import audit_display, ops_selectors, services
+from .forms import AuditFilterForm
+from .models import AuditEvent, Tenant, User
 
 View = Callable[..., HttpResponseBase]
 
@@ -89,6 +91,31 @@ class TenantSearchForm(forms.Form):
     status = forms.ChoiceField(
         label="Status", choices=[("", "Any"), *Tenant.Status.choices], required=False
     )
+
+
+class OpsAuditFilterForm(AuditFilterForm):
+    """The console's audit filter: any action, and one tenant by its slug."""
+
+    tenant = forms.SlugField(label="Tenant (slug)", max_length=60, required=False)
+
+    def clean_tenant(self) -> Tenant | None:
+        slug: str = self.cleaned_data["tenant"]
+        if not slug:
+            return None
+        tenant = Tenant.objects.filter(slug=slug).first()
+        if tenant is None:
+            raise forms.ValidationError(f"No tenant has the slug “{slug}”.")
+        return tenant
+
+    def filter_names(self) -> tuple[str, ...]:
+        return ("tenant", "action")
+
+    def query(self, **cursor: str) -> str:
+        tenant = self.cleaned_data.get("tenant")
+        params = {"tenant": tenant.slug} if tenant else {}
+        if self.cleaned_data.get("action"):
+            params["action"] = self.cleaned_data["action"]
+        return "?" + urlencode({**params, **cursor})
 
 
 class RevenuePeriodForm(forms.Form):
@@ -407,3 +434,32 @@ def failures(request: StaffRequest) -> HttpResponse:
         "ops/failures.html",
         {"ops_nav": "failures", "failures": ops_selectors.failures_recent()},
     )
+
+
+# ---- Audit ---------------------------------------------------------------------
+
+
+@staff_only
+@require_GET
+def audit(request: StaffRequest) -> HttpResponse:
+    """Every audit event, tenants' and the operator's own, by tenant and action, keyset-paged."""
+    form = OpsAuditFilterForm(request.GET, actions=AuditEvent.ACTIONS)
+    context: dict[str, object] = {"ops_nav": "audit", "form": form, "events": []}
+    if not form.is_valid():
+        return render(request, "ops/audit.html", context, status=400)
+    data = form.cleaned_data
+    page = ops_selectors.audit_page(
+        tenant=data["tenant"],
+        action=data["action"] or None,
+        before=data["before"],
+        after=data["after"],
+    )
+    context.update(
+        {
+            "events": [audit_display.audit_row(e, with_tenant=True) for e in page.rows],
+            "filtered": bool(data["tenant"] or data["action"]),
+            "older_url": form.query(before=page.older) if page.older else None,
+            "newer_url": form.query(after=page.newer) if page.newer else None,
+        }
+    )
+    return render(request, "ops/audit.html", context)

@@ -32,6 +32,7 @@ from django.db.models.functions import Cast, Coalesce, Substr
 
 from billing import selectors as billing_selectors
 from billing.models import LedgerEntry, UsageRecord
+from config import keyset
 from workers import routing
 from workers.models import Deployment, Site, TritonServer
 
@@ -393,3 +394,28 @@ def failures_recent(*, limit: int = FAILURES_LIMIT) -> Failures:
         meter_records=list(failing_meter.select_related("tenant").order_by("-id")[:limit]),
         meter_total=failing_meter.count(),
     )
+
+
+# ---- Audit ---------------------------------------------------------------------
+
+AUDIT_PAGE_SIZE = 50
+
+
+def audit_page(
+    *,
+    tenant: Tenant | None = None,
+    action: str | None = None,
+    before: keyset.Position | None = None,
+    after: keyset.Position | None = None,
+    limit: int = AUDIT_PAGE_SIZE,
+) -> keyset.Page[AuditEvent]:
+    """Audit events of every tenant and the operator's own, newest first, keyset-paged.
+
+    One query of ``limit + 1`` rows with each event's tenant joined.
+    """
+    events = AuditEvent.objects.select_related("tenant")
+    if tenant is not None:
+        events = events.filter(tenant=tenant)
+    if action:
+        events = events.filter(action=action)
+    return keyset.page(events, before=before, after=after, limit=limit)

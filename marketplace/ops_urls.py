@@ -16,4 +16,5 @@ urlpatterns = [
     path("tenants/<slug:slug>/reactivate/", ops.tenant_reactivate, name="tenant_reactivate"),
     path("tenants/<slug:slug>/credit/", ops.tenant_credit, name="tenant_credit"),
     path("failures/", ops.failures, name="failures"),
+    path("audit/", ops.audit, name="audit"),
 ]

@@ -16,6 +16,7 @@ class Permission(StrEnum):
     MANAGE_BILLING = "manage_billing"
     INVITE_MEMBERS = "invite_members"
     MANAGE_MEMBERS = "manage_members"
+    VIEW_AUDIT = "view_audit"
 
 
 ROLE_PERMISSIONS: dict[str, frozenset[Permission]] = {

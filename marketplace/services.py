@@ -7,17 +7,21 @@ that transaction, and sends e-mail only after commit.
 import hashlib
 import secrets
 import uuid
-from datetime import datetime, timedelta
+from collections.abc import Iterable, Mapping
+from datetime import date, datetime, timedelta
+from decimal import Decimal
 
 from django.conf import settings
 from django.core.mail import send_mail
 from django.db import IntegrityError, transaction
+from django.db.models import Model
 from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.text import slugify
 
 from billing import ledger
+from billing.forms import BillingSettingsForm
 from billing.models import LedgerEntry
 
 from . import keycache, keys
@@ -45,6 +49,56 @@ def audit_record(
         reason=reason,
         metadata=metadata or {},
     )
+
+
+#: Fields whose values never enter an audit event (only the fact that they changed):
+#: credentials, their hashes, and anything that signs or authenticates. Any field
+#: whose name contains one of ``_SECRET_WORDS`` counts too (``password1``, ``api_token``).
+AUDIT_SECRET_FIELDS = frozenset({"auth_header", "secret_hash", "token_hash", "webhook_secret"})
+_SECRET_WORDS = ("password", "secret", "token", "auth")
+AUDIT_REDACTED = "(changed; value not recorded)"
+
+
+def audit_field_secret(name: str) -> bool:
+    lowered = name.lower()
+    return name in AUDIT_SECRET_FIELDS or any(word in lowered for word in _SECRET_WORDS)
+
+
+def _audit_value(value: object) -> object:
+    """A field value as JSON the audit log can keep: rows by their label, amounts as text."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, Model):
+        return str(value)
+    if isinstance(value, Mapping):
+        return {str(k): _audit_value(v) for k, v in value.items()}
+    if isinstance(value, Iterable):
+        return [_audit_value(item) for item in value]
+    return str(value)
+
+
+def audit_changes(
+    *, fields: Iterable[str], before: Mapping[str, object], after: Mapping[str, object]
+) -> dict[str, object]:
+    """``{field: {"from": old, "to": new}}`` for an audit event's metadata.
+
+    A secret field (``AUDIT_SECRET_FIELDS``) is recorded as changed without either
+    value, so the audit log can be shown to tenants and staff without leaking it.
+    """
+    changes: dict[str, object] = {}
+    for name in fields:
+        if audit_field_secret(name):
+            changes[name] = AUDIT_REDACTED
+        else:
+            changes[name] = {
+                "from": _audit_value(before.get(name)),
+                "to": _audit_value(after.get(name)),
+            }
+    return changes
 
 
 def _slug_unique(name: str) -> str:
@@ -338,3 +392,23 @@ def credit_staff_book(
             metadata={"amount_micros": amount_micros, "ledger_entry_id": entry.pk},
         )
     return entry, created
+
+
+@transaction.atomic
+def billing_settings_save(*, tenant: Tenant, actor: User, form: BillingSettingsForm) -> None:
+    """Save the low-balance alert and auto top-up settings, audited with what changed."""
+    ledger.account_open(tenant_id=tenant.pk)
+    form.save(tenant_id=tenant.pk)
+    changed = [name for name in form.changed_data if name in form.cleaned_data]
+    if changed:
+        audit_record(
+            action="billing.settings_changed",
+            actor=actor,
+            target=tenant,
+            tenant=tenant,
+            metadata={
+                "changes": audit_changes(
+                    fields=changed, before=form.initial, after=form.cleaned_data
+                )
+            },
+        )

@@ -32,7 +32,7 @@ from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST
 
-from billing import ledger, money, payments, stripe_gateway
+from billing import money, payments, stripe_gateway
 from billing import selectors as billing_selectors
 from billing.exceptions import BillingError, InsufficientCredits
 from billing.forms import BillingSettingsForm, CreditPurchaseForm, LedgerExportForm
@@ -42,12 +42,22 @@ from workers.dispatch import NoHealthySite, SitesUnavailable
 from workers.kserve import TensorSpec
 from workers.triton import TritonError, TritonRejected
 
-from . import catalog, inference, jobs, portal_selectors, selectors, services
+from . import audit_display, catalog, inference, jobs, portal_selectors, selectors, services
 from .adapters import PENDING_INVITATION_SESSION_KEY
 from .catalog import CatalogEntry
 from .exceptions import DomainError, InvitationInvalid
-from .forms import ApiKeyCreateForm, InviteForm, OrganisationForm, RoleForm
-from .models import ApiKey, CatalogModel, Invitation, Job, Membership, Role, Tenant, User
+from .forms import ApiKeyCreateForm, AuditFilterForm, InviteForm, OrganisationForm, RoleForm
+from .models import (
+    ApiKey,
+    AuditEvent,
+    CatalogModel,
+    Invitation,
+    Job,
+    Membership,
+    Role,
+    Tenant,
+    User,
+)
 from .roles import Permission, role_allows
 
 logger = logging.getLogger(__name__)
@@ -643,7 +653,10 @@ def job_page(request: PortalRequest, public_id: str) -> HttpResponse:
     job = portal_selectors.job_get(tenant=request.tenant, public_id=public_id)
     if job is None:
         raise Http404("No such job.")
-    request_preview, request_cut = _preview(job.request)
+    if job.payload_purged:
+        request_preview, request_cut = "", False
+    else:
+        request_preview, request_cut = _preview(job.request)
     output_preview, output_cut = _preview(job.output) if job.output is not None else ("", False)
     return render(
         request,
@@ -659,6 +672,7 @@ def job_page(request: PortalRequest, public_id: str) -> HttpResponse:
             "output_preview": output_preview,
             "output_truncated": output_cut,
             "deliveries": list(job.webhook_deliveries.order_by("attempt")[:50]),
+            "retention_days": settings.JOB_PAYLOAD_RETENTION_DAYS,
         },
     )
 
@@ -872,11 +886,12 @@ def billing_cancel(request: PortalRequest) -> HttpResponse:
 @tenant_page(Permission.MANAGE_BILLING)
 def billing_settings(request: PortalRequest) -> HttpResponse:
     """Save the low-balance alert and automatic top-up settings."""
-    form = BillingSettingsForm(request.POST)
+    # The saved values as initial data, so the audit event names only what changed.
+    account = billing_selectors.account_get(request.tenant.pk)
+    form = BillingSettingsForm(request.POST, initial=BillingSettingsForm.initial_for(account))
     if not form.is_valid():
         return _billing_render(request, settings_form=form, status=400)
-    ledger.account_open(tenant_id=request.tenant.pk)
-    form.save(tenant_id=request.tenant.pk)
+    services.billing_settings_save(tenant=request.tenant, actor=request.user, form=form)
     messages.success(request, "Billing settings saved.")
     return redirect(reverse("portal:billing") + "#settings")
 
@@ -1140,3 +1155,64 @@ def invitation_accept(request: HttpRequest, token: str) -> HttpResponse:
         messages.success(request, f"Welcome to {membership.tenant.name}.")
         return redirect("portal:dashboard")
     return render(request, "portal/invitation.html", {"invitation": invitation})
+
+
+# ---- Audit log -----------------------------------------------------------------
+
+
+@never_cache
+@tenant_page(Permission.VIEW_AUDIT)
+def audit_page(request: PortalRequest) -> HttpResponse:
+    """Who did what in this organisation, newest first, by action, keyset-paged."""
+    form = AuditFilterForm(request.GET, actions=AuditEvent.TENANT_ACTIONS)
+    rows: list[dict[str, object]] = []
+    older_url = newer_url = None
+    status = 200
+    if form.is_valid():
+        data = form.cleaned_data
+        page = selectors.audit_events_page(
+            tenant=request.tenant,
+            action=data["action"] or None,
+            before=data["before"],
+            after=data["after"],
+        )
+        rows = [audit_display.audit_row(event) for event in page.rows]
+        older_url = form.query(before=page.older) if page.older else None
+        newer_url = form.query(after=page.newer) if page.newer else None
+    else:
+        status = 400
+    action = request.GET.get("action", "")
+    return render(
+        request,
+        "portal/audit.html",
+        {
+            "nav": "audit",
+            "form": form,
+            "filtered": bool(action),
+            "csv_query": "?" + urlencode({"action": action}) if action else "",
+            "events": rows,
+            "older_url": older_url,
+            "newer_url": newer_url,
+        },
+        status=status,
+    )
+
+
+@never_cache
+@tenant_page(Permission.VIEW_AUDIT)
+def audit_csv(request: PortalRequest) -> HttpResponseBase:
+    """The organisation's audit log (optionally one action's) as CSV, streamed."""
+    form = AuditFilterForm(request.GET, actions=AuditEvent.TENANT_ACTIONS)
+    if not form.is_valid():
+        return render(
+            request, "portal/audit.html", {"nav": "audit", "form": form, "events": []}, status=400
+        )
+    events = selectors.audit_events_for_csv(
+        tenant=request.tenant, action=form.cleaned_data["action"] or None
+    )
+    response = StreamingHttpResponse(
+        audit_display.audit_csv_lines(events), content_type="text/csv; charset=utf-8"
+    )
+    name = f"cango-audit-{request.tenant.slug}-{timezone.now():%Y%m%d}.csv"
+    response["Content-Disposition"] = f'attachment; filename="{name}"'
+    return response

@@ -1,6 +1,12 @@
+"""Staff admin for sites, servers and deployments; every edit here is audited."""
+
+from typing import ClassVar
+
 from django.contrib import admin, messages
-from django.db.models import QuerySet
+from django.db.models import Model, QuerySet
 from django.http import HttpRequest
+
+from marketplace.audited_admin import AuditedModelAdmin
 
 from . import services
 from .models import Deployment, Site, TritonServer
@@ -13,7 +19,9 @@ class TritonServerInline(admin.TabularInline[TritonServer, Site]):
 
 
 @admin.register(Site)
-class SiteAdmin(admin.ModelAdmin[Site]):
+class SiteAdmin(AuditedModelAdmin[Site]):
+    audit_name = "site"
+    audit_inline_names: ClassVar[dict[type[Model], str]] = {TritonServer: "server"}
     list_display = ("slug", "name", "region", "status", "power_price_usd_per_mwh", "gpu_capacity")
     list_filter = ("status", "region")
     search_fields = ("slug", "name", "region")
@@ -40,14 +48,16 @@ class SiteAdmin(admin.ModelAdmin[Site]):
 
 
 @admin.register(TritonServer)
-class TritonServerAdmin(admin.ModelAdmin[TritonServer]):
+class TritonServerAdmin(AuditedModelAdmin[TritonServer]):
+    audit_name = "server"
     list_display = ("__str__", "http_url", "enabled")
     list_filter = ("enabled", "site")
     list_select_related = ("site",)
 
 
 @admin.register(Deployment)
-class DeploymentAdmin(admin.ModelAdmin[Deployment]):
+class DeploymentAdmin(AuditedModelAdmin[Deployment]):
+    audit_name = "deployment"
     list_display = (
         "model",
         "server",

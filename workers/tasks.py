@@ -9,6 +9,8 @@ import os
 
 from celery import shared_task
 
+from marketplace import retention
+
 from . import health, jobs, webhooks
 
 logger = logging.getLogger(__name__)
@@ -45,3 +47,9 @@ def job_run(job_id: int) -> str:
 @shared_task(name="workers.webhook_deliver", acks_late=True, ignore_result=True)
 def webhook_deliver(job_id: int, attempt: int) -> None:
     webhooks.deliver(job_id, attempt)
+
+
+@shared_task(name="workers.jobs_purge_payloads", acks_late=False, expires=600, ignore_result=True)
+def jobs_purge_payloads() -> None:
+    """Delete old jobs' inputs and outputs (``JOB_PAYLOAD_RETENTION_DAYS``), a bounded run."""
+    retention.jobs_payload_purge_scheduled()

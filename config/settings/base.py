@@ -260,6 +260,12 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": 5.0,
         "options": {"queue": "default", "expires": 10},
     },
+    # Data retention (issue 6): old jobs' payloads, see marketplace/retention.py.
+    "jobs-purge-payloads": {
+        "task": "workers.jobs_purge_payloads",
+        "schedule": 600.0,
+        "options": {"queue": "default", "expires": 600},
+    },
 }
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     # An unacknowledged message returns to the queue after this long; it must exceed
@@ -295,6 +301,14 @@ JOB_MAX_ATTEMPTS: int = env.int("JOB_MAX_ATTEMPTS", default=5)
 # in the queue it expires.
 JOB_REQUEUE_SECONDS: int = env.int("JOB_REQUEUE_SECONDS", default=30)
 JOB_EXPIRE_SECONDS: int = env.int("JOB_EXPIRE_SECONDS", default=3600)
+# ---- Data retention (issue 6) ----
+# A final job's input and output are deleted this many days after it finished (0
+# keeps them forever); its status, cost, units, times, model and site stay, as do the
+# ledger and usage records. The beat task purges at most BATCH × MAX_BATCHES per run.
+JOB_PAYLOAD_RETENTION_DAYS: int = max(0, env.int("JOB_PAYLOAD_RETENTION_DAYS", default=30))
+JOB_PAYLOAD_PURGE_BATCH: int = env.int("JOB_PAYLOAD_PURGE_BATCH", default=1000)
+JOB_PAYLOAD_PURGE_MAX_BATCHES: int = env.int("JOB_PAYLOAD_PURGE_MAX_BATCHES", default=20)
+# ---- end data retention ----
 WEBHOOK_TIMEOUT_SECONDS: float = env.float("WEBHOOK_TIMEOUT_SECONDS", default=10.0)
 WEBHOOK_MAX_ATTEMPTS: int = env.int("WEBHOOK_MAX_ATTEMPTS", default=6)
 # Job webhooks may target private and loopback addresses only where this is true

@@ -36,6 +36,7 @@ def job_representation(job: Job) -> dict[str, Any]:
         "cost_micros": job.cost_micros if final else None,
         "max_cost_micros": job.max_cost_micros,
         "webhook_url": job.webhook_url or None,
+        "payload_purged_at": job.payload_purged_at.isoformat() if job.payload_purged_at else None,
     }
 
 
@@ -58,6 +59,13 @@ class JobSerializer(serializers.Serializer[Job]):
     cost_micros = serializers.IntegerField(allow_null=True)
     max_cost_micros = serializers.IntegerField()
     webhook_url = serializers.URLField(allow_null=True)
+    payload_purged_at = serializers.DateTimeField(
+        allow_null=True,
+        help_text=(
+            "When the job's input and output were deleted (data retention: "
+            "JOB_PAYLOAD_RETENTION_DAYS after it finished); `output` is then null."
+        ),
+    )
 
     def to_representation(self, instance: Job) -> dict[str, Any]:
         return job_representation(instance)

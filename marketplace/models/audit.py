@@ -27,9 +27,63 @@ class AuditEvent(models.Model):
     metadata = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
+    #: Every action recorded, with how the audit pages name it. Tenant owners see
+    #: the events of their own tenant; staff see all, operator-wide ones included.
+    ACTIONS: ClassVar[dict[str, str]] = {
+        "tenant.created": "Organisation created",
+        "tenant.changed": "Organisation changed by staff",
+        "tenant.suspended": "Organisation suspended",
+        "tenant.reactivated": "Organisation reactivated",
+        "api_key.created": "API key created",
+        "api_key.revoked": "API key revoked",
+        "invitation.created": "Invitation sent",
+        "invitation.revoked": "Invitation withdrawn",
+        "invitation.deleted": "Invitation deleted by staff",
+        "membership.joined": "Member joined",
+        "membership.role_changed": "Member's role changed",
+        "membership.left": "Member left",
+        "membership.removed": "Member removed",
+        "credit.granted": "Credit granted",
+        "credit.adjusted": "Credit adjusted",
+        "credit.refunded": "Purchase refunded",
+        "billing.settings_changed": "Billing settings changed",
+        "site.created": "Site created",
+        "site.changed": "Site changed",
+        "site.deleted": "Site deleted",
+        "site.status_changed": "Site status changed",
+        "server.registered": "Server registered",
+        "server.created": "Server added",
+        "server.changed": "Server changed",
+        "server.deleted": "Server deleted",
+        "deployment.created": "Deployment added",
+        "deployment.changed": "Deployment changed",
+        "deployment.deleted": "Deployment deleted",
+        "catalog_model.created": "Catalog model added",
+        "catalog_model.changed": "Catalog model or price changed",
+        "user.created": "User created",
+        "user.changed": "User changed",
+        "user.password_changed": "User's password set by staff",
+        "user.deleted": "User deleted",
+    }
+    #: The actions that can concern one tenant (the portal's filter offers these).
+    TENANT_ACTIONS: ClassVar[tuple[str, ...]] = tuple(
+        a
+        for a in ACTIONS
+        if a.split(".")[0] in {"tenant", "api_key", "invitation", "membership", "credit", "billing"}
+    )
+
     class Meta:
-        indexes: ClassVar = [models.Index(fields=["tenant", "-created_at"])]
+        indexes: ClassVar = [
+            models.Index(fields=["tenant", "-created_at"]),
+            # The console's pages: all events, or one action's, newest first.
+            models.Index(fields=["created_at", "id"], name="auditevent_created"),
+            models.Index(fields=["action", "created_at"], name="auditevent_action_created"),
+        ]
         ordering: ClassVar = ["-created_at"]
 
     def __str__(self) -> str:
         return f"{self.created_at:%Y-%m-%d %H:%M} {self.actor_label} {self.action}"
+
+    @property
+    def action_label(self) -> str:
+        return self.ACTIONS.get(self.action, self.action)

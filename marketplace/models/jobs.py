@@ -34,8 +34,13 @@ class Job(TenantOwnedModel):
     # NULL, not "", when absent: the unique constraint must ignore jobs without a key.
     idempotency_key = models.CharField(max_length=255, null=True, blank=True)  # noqa: DJ001
     request_hash = models.CharField(max_length=64)
-    request = models.JSONField(help_text="The KServe v2 JSON request body.")
+    request = models.JSONField(
+        help_text="The KServe v2 JSON request body; {} once the payload retention has passed."
+    )
     output = models.JSONField(null=True, blank=True)
+    # Set when the request and output were deleted (JOB_PAYLOAD_RETENTION_DAYS after the
+    # job finished); the rest of the row (status, cost, units, times) stays for good.
+    payload_purged_at = models.DateTimeField(null=True, blank=True)
     error_code = models.CharField(max_length=64, blank=True)
     error_message = models.TextField(blank=True)
     site_slug = models.CharField(max_length=40, blank=True)
@@ -64,6 +69,12 @@ class Job(TenantOwnedModel):
             models.Index(fields=["tenant", "-created_at"]),
             models.Index(fields=["status", "lease_expires_at"]),
             models.Index(fields=["status", "enqueued_at"]),
+            # The retention purge's next batch: finished jobs whose payload is still kept.
+            models.Index(
+                fields=["finished_at"],
+                condition=Q(payload_purged_at__isnull=True, finished_at__isnull=False),
+                name="job_payload_kept_finished",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -72,6 +83,10 @@ class Job(TenantOwnedModel):
     @property
     def is_final(self) -> bool:
         return self.status in self.FINAL_STATES
+
+    @property
+    def payload_purged(self) -> bool:
+        return self.payload_purged_at is not None
 
 
 class WebhookDelivery(TenantOwnedModel):

@@ -21,7 +21,14 @@ from workers.models import Deployment, Site, TritonServer
 
 pytestmark = pytest.mark.django_db
 
-GET_URLS = ["/ops/", "/ops/revenue/", "/ops/tenants/", "/ops/failures/", "/ops/tenants/{slug}/"]
+GET_URLS = [
+    "/ops/",
+    "/ops/revenue/",
+    "/ops/tenants/",
+    "/ops/failures/",
+    "/ops/tenants/{slug}/",
+    "/ops/audit/",
+]
 POST_URLS = [
     "/ops/sites/site-a/status/",
     "/ops/tenants/{slug}/suspend/",
