@@ -47,6 +47,7 @@ from tests.integration.conftest import (
     wait_for,
 )
 from workers import health, routing, services
+from workers.models import Site
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -360,6 +361,45 @@ def test_two_site_worker_groups_each_run_their_sites_jobs_and_wait_for_their_own
     assert set(outcomes_a) <= {"succeeded", "not_claimed"}
     assert job_outcomes(log_b) == {"succeeded": JOBS_PER_SITE + 1}
     assert time.monotonic() - started < 150
+
+
+def _site_status(slug: str, status: str) -> None:
+    """The operator's switch (``/ops/`` or the admin); other processes see it within
+    their routing table's lifetime, so wait that out."""
+    services.site_status_set(site=Site.objects.get(slug=slug), status=status, actor=None)
+    time.sleep(routing.TABLE_SECONDS + 0.5)
+
+
+def test_draining_a_site_whose_workers_are_gone_moves_its_queued_jobs_to_an_active_one(
+    deployment: Deployment,
+):
+    """Routing knows Triton's health, not whether a site's workers run: the queued jobs
+    of a site whose machine is lost wait until the operator drains the site; then the
+    reaper hands them to an active site, where each runs once."""
+    started = time.monotonic()
+    _, _, token, _ = funded_tenant(10_000_000)  # not pinned: any site may serve it
+    group_a, group_b = deployment.groups[SITE_A], deployment.groups[SITE_B]
+    _site_status(SITE_B, Site.Status.DRAINING)  # so that the jobs go to A, deterministically
+    group_a.stop()
+    stranded = _submit(deployment.base, token, JOBS_PER_SITE)
+    assert set(Job.objects.filter(public_id__in=stranded).values_list("site_slug", flat=True)) == {
+        SITE_A
+    }
+    # Drained too, A takes no new work; no site is active, so the jobs wait in PostgreSQL.
+    _site_status(SITE_A, Site.Status.DRAINING)
+    assert set(Job.objects.filter(public_id__in=stranded).values_list("status", flat=True)) == {
+        Job.Status.QUEUED
+    }
+    # B active again: the reaper enqueues the stranded jobs at B, whose worker runs them.
+    _site_status(SITE_B, Site.Status.ACTIVE)
+    wait_for(lambda: _all_finished(stranded), timeout=45, interval=0.3)
+    moved = Job.objects.filter(public_id__in=stranded)
+    assert {(j.status, j.site_slug, j.attempts) for j in moved} == {
+        (Job.Status.SUCCEEDED, SITE_B, 1)
+    }
+    assert job_outcomes(group_b.log("worker")) == {"succeeded": JOBS_PER_SITE}
+    assert job_outcomes(group_a.log("worker")) == {}
+    assert time.monotonic() - started < 90
 
 
 def test_systemd_units_verify(tmp_path: Path):
