@@ -38,6 +38,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from deploy import procs
 from deploy.services import (
     BASE_DIR,
     VAR_DIR,
@@ -65,14 +66,18 @@ from deploy.triton import (
 HOST = "127.0.0.1"
 HEALTH_TIMEOUT_SECONDS = 90.0
 BIN = Path(sys.executable).parent  # the venv's bin/, not resolved: it may be a symlink
-WEB_ARGS = ["--interface", "wsgi", "config.wsgi:application", "--host", HOST]
-WEB_ARGS += ["--workers", "1", "--blocking-threads", "4"]
-WORKER_ARGS = ["-A", "config", "worker", "--loglevel", "INFO", "--concurrency", "2"]
-BEAT_ARGS = ["-A", "config", "beat", "--loglevel", "INFO"]
-# A site worker's job is mostly waiting on its Triton server's HTTP reply, so its
-# processes cost memory rather than CPU; two let a job on the ``slow`` model run while
-# another job at the same site goes ahead, and 3 sites x 3 processes stay small.
-SITE_WORKER_CONCURRENCY = 2
+# The variables of the commands in deploy/procs.py (the Procfile's and the systemd
+# units' too) for one machine. A site worker's job is mostly waiting on its Triton
+# server's HTTP reply, so its processes cost memory rather than CPU; two let a job on
+# the ``slow`` model run while another job at the same site goes ahead, and 3 sites x
+# 3 processes stay small.
+PROC_VARS = {
+    "CANGO_WEB_HOST": HOST,
+    "CANGO_WEB_WORKERS": "1",
+    "CANGO_WEB_THREADS": "4",
+    "CANGO_WORKER_CONCURRENCY": "2",
+    "CANGO_BEAT_SCHEDULE": str(VAR_DIR / "celerybeat-schedule"),
+}
 SITE_SLUG_PREFIX = "site"
 TRITON_DIR = VAR_DIR / "triton"
 CATALOG_DEFAULTS = "deploy/catalog.json"
@@ -266,7 +271,8 @@ def serve(
     ``main`` stops them after the supervisor has stopped the processes that use them.
     """
     base = env["SITE_URL"]
-    granian, celery = venv_executable("granian"), venv_executable("celery")
+    for program in ("granian", "celery"):
+        venv_executable(program)
     with Supervisor(cwd=BASE_DIR, env=env) as sup:
         if redis is not None:
             sup.watch("redis", redis.process)
@@ -283,21 +289,17 @@ def serve(
                     "--webhook-secret", env["STRIPE_WEBHOOK_SECRET"],
                 ],
             )  # fmt: skip
-        sup.start("web", [granian, *WEB_ARGS, "--port", str(port)])
-        sup.start("worker", [celery, *WORKER_ARGS, "-Q", "default", "-n", "default@%h"])
+        variables = {**PROC_VARS, "PORT": str(port)}
+        sup.start("web", procs.argv("web", variables, BIN))
+        sup.start("worker", procs.argv("worker", variables, BIN))
         for site in sites:
+            site_vars = {**variables, "CANGO_WORKER_SITE": site.slug}
             sup.start(
                 f"worker-{site.slug}",
-                [
-                    celery, "-A", "config", "worker",
-                    "-Q", f"site.{site.slug}",
-                    "-n", f"{site.slug}@%h",
-                    "--concurrency", str(SITE_WORKER_CONCURRENCY),
-                    "--loglevel", "INFO",
-                ],
+                procs.argv("site_worker", site_vars, BIN),
                 env={"CANGO_WORKER_SITE": site.slug},
-            )  # fmt: skip
-        sup.start("beat", [celery, *BEAT_ARGS, "--schedule", VAR_DIR / "celerybeat-schedule"])
+            )
+        sup.start("beat", procs.argv("beat", variables, BIN))
 
         health = f"{base}/v1/health"
         last: list[int | None] = [None]

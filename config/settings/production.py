@@ -9,6 +9,8 @@ from .base import database_from_env, databases, env
 
 DEBUG = False
 SECRET_KEY = env.str("SECRET_KEY")
+# Keys that signed sessions and tokens before a rotation, still accepted (docs/operations.md).
+SECRET_KEY_FALLBACKS = env.list("SECRET_KEY_FALLBACKS", default=[])
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS")
 DATABASES = databases(database_from_env(env.str("DATABASE_URL")))
 REDIS_URL = env.str("REDIS_URL")

@@ -42,3 +42,28 @@ def test_production_settings_refuse_a_missing_secret(missing):
     assert result.returncode != 0
     assert "ImproperlyConfigured" in result.stderr
     assert missing in result.stderr
+
+
+def test_secret_key_fallbacks_keep_old_signatures_valid_during_a_rotation():
+    """A value signed with the old SECRET_KEY still loads once it is only a fallback."""
+    script = (
+        "import django; django.setup(); from django.core import signing; "
+        "print(signing.loads(signing.dumps('ok', key='old-' + 'x' * 46)))"
+    )
+    clean = {k: v for k, v in os.environ.items() if k not in REQUIRED}
+    clean.update(
+        REQUIRED,
+        DJANGO_SETTINGS_MODULE="config.settings.production",
+        SECRET_KEY="new-" + "y" * 46,
+        SECRET_KEY_FALLBACKS="old-" + "x" * 46,
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        env=clean,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
