@@ -10,6 +10,7 @@ the jobs are checked: the ledger sums to the balance, no hold stays open, every
 accepted job reached one final state and was charged once.
 """
 
+import contextlib
 import http.client
 import json
 import os
@@ -106,6 +107,13 @@ class PostgresServer:
     def stop(self) -> None:
         """Immediate shutdown: no checkpoint, connections cut, as in a crash."""
         self._pg_ctl("-w", "-m", "immediate", "stop")
+
+    def shutdown(self) -> None:
+        """Stop for good. The package's own cleanup only stops the postmaster it
+        started, which :meth:`stop` already ended."""
+        with contextlib.suppress(subprocess.CalledProcessError):
+            self._pg_ctl("-w", "-m", "fast", "stop")
+        self.handle.stop()
 
     def start(self) -> None:
         socket_dir = self.handle.server.get_postmaster_info().socket_dir
@@ -305,7 +313,12 @@ def stack(django_db_blocker: Any, tmp_path_factory: pytest.TempPathFactory) -> I
     # Not under pytest's base directory: that one is private to root, and the embedded
     # server runs as its own system user.
     pgdata = Path(tempfile.mkdtemp(prefix="cango-outages-pg-")) / "pgdata"
-    postgres = PostgresServer(EmbeddedPostgres.start(pgdata, "cango_outages"))
+    try:
+        postgres = PostgresServer(EmbeddedPostgres.start(pgdata, "cango_outages"))
+    except BaseException:
+        redis_server.kill()
+        shutil.rmtree(pgdata.parent, ignore_errors=True)
+        raise
     saved_redis_url = settings.REDIS_URL
     web: subprocess.Popen[bytes] | None = None
     cluster: CeleryCluster | None = None
@@ -349,7 +362,7 @@ def stack(django_db_blocker: Any, tmp_path_factory: pytest.TempPathFactory) -> I
             redis_client.cache_clear()
             routing.reset()
             redis_server.kill()
-            postgres.handle.stop()
+            postgres.shutdown()
             shutil.rmtree(pgdata.parent, ignore_errors=True)
 
 
@@ -388,13 +401,21 @@ def assert_jobs_charged_once(tenant: Tenant, job_ids: list[str]) -> None:
         assert [entry.amount_micros for entry in entries] == [-(job.cost_micros or 0)]
 
 
-def sync_charges_match(tenant: Tenant, answers: list[Answer]) -> None:
-    """Every 200 was charged once at its announced cost; nothing else was charged."""
+def sync_charges_match(tenant: Tenant, answers: list[Answer], *, unacknowledged: int = 0) -> int:
+    """Every 200 was charged once at its announced cost, and nothing else was charged
+    but at most ``unacknowledged`` calls: those whose charge committed at the instant
+    the database died, taking the commit's acknowledgement with it. Returns how many."""
     ok = [a for a in answers if a.status == 200]
     sync = LedgerEntry.objects.filter(tenant=tenant, kind="usage", source__startswith="req:")
-    assert sync.count() == len(ok)
-    total = sync.aggregate(total=Sum("amount_micros"))["total"] or 0
-    assert -total == sum(int(a.headers["x-cango-cost-micros"]) for a in ok)
+    extra = sync.count() - len(ok)
+    assert 0 <= extra <= unacknowledged, (sync.count(), len(ok))
+    announced = [int(a.headers["x-cango-cost-micros"]) for a in ok]
+    charged = [-amount for amount in sync.values_list("amount_micros", flat=True)]
+    if extra == 0:
+        assert sorted(charged) == sorted(announced)
+    else:  # every call here costs the same: the unacknowledged ones cost that too
+        assert set(charged) == set(announced)
+    return extra
 
 
 def wait_jobs_final(job_ids: list[str], timeout: float) -> None:
@@ -570,7 +591,8 @@ def test_postgres_stopped_answers_503_fast_and_charges_once(stack: Stack) -> Non
 
     wait_jobs_final(job_ids, timeout=45)
     assert_jobs_charged_once(tenant, job_ids)
-    sync_charges_match(tenant, answers)
+    unacknowledged = sync_charges_match(tenant, answers, unacknowledged=len(load.threads))
+    print(f"postgres outage: {unacknowledged} calls answered 503 but charged (commit ack lost)")
     # Holds of calls cut off mid-flight could not be released while the database was
     # down; beat's sweep releases them once they expire. Run it as it will run then.
     later = timezone.now() + timedelta(seconds=INFER_TIMEOUT_SECONDS + 61)
