@@ -6,7 +6,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from billing.views import stripe_webhook
-from marketplace.api.errors import json_error_response
+from marketplace.api.errors import json_error_response, outage_response
 from marketplace.api.inference import ServerMetadataView
 from marketplace.views import SignupView
 
@@ -42,6 +42,10 @@ def handler403(request: HttpRequest, exception: Exception | None = None) -> Http
 
 
 def handler500(request: HttpRequest) -> HttpResponse:
+    # Failure behaviour: a database or Redis outage is a 503 with Retry-After, not a 500.
+    unavailable = outage_response(request, api=_is_api(request))
+    if unavailable is not None:
+        return unavailable
     if _is_api(request):
         return json_error_response(request, 500, "Internal error; quote the request id.")
     # No request context: the page must render even when the database or sessions are down.

@@ -18,6 +18,7 @@ from django.db.models import QuerySet
 from django.utils import timezone
 
 from billing import ledger
+from config.redis_client import redis_client
 from workers import kserve, routing
 from workers.dispatch import NoHealthySite
 
@@ -107,6 +108,7 @@ def job_submit(
     if not candidates:
         raise NoHealthySite(f"No site can serve {model.slug} right now.")
     site_slug = candidates[0].site_slug
+    _broker_check()
     try:
         with transaction.atomic():
             job = Job.objects.create(
@@ -144,6 +146,18 @@ def job_submit(
             raise
         return _replayed(existing, request_hash)
     return job, True
+
+
+def _broker_check() -> None:
+    """Refuse a new job while Redis (the broker) is down, before anything is written.
+
+    Its errors propagate: the API answers 503 with ``Retry-After`` and the client
+    retries, with the same ``Idempotency-Key``, once Redis is back. A job accepted
+    now could not start before then anyway. If Redis dies between this check and
+    the enqueue, the job is already stored and the reaper enqueues it once Redis
+    returns, so it is delayed, never lost.
+    """
+    redis_client().ping()
 
 
 def _reservation_ttl() -> float:

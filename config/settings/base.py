@@ -97,6 +97,9 @@ def database_from_env(default: str) -> dict[str, Any]:
         # aggregates (measured by bench/portal.py) and never pays off on short queries.
         options = dict(db.get("OPTIONS", {}))
         options["options"] = (options.get("options", "") + " -c jit=off").strip()
+        # Failure behaviour: an unreachable server fails the request in seconds (a 503),
+        # not after the OS's TCP timeout. libpq's minimum is 2 s.
+        options.setdefault("connect_timeout", env.int("DATABASE_CONNECT_TIMEOUT", default=2))
         db["OPTIONS"] = options
     return db
 
@@ -127,7 +130,7 @@ CACHES = {
         "BACKEND": "django.core.cache.backends.redis.RedisCache",
         "LOCATION": REDIS_URL,
         "KEY_PREFIX": "cango",
-        "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 1},
+        "OPTIONS": {"socket_connect_timeout": 0.5, "socket_timeout": 0.5},
     }
 }
 
@@ -340,3 +343,16 @@ LOGGING = {
 # this is set; reconnecting costs more than a job. config/celery.py instead closes
 # connections that are broken or past DATABASE_CONN_MAX_AGE, as Django does per request.
 CELERY_DB_REUSE_MAX = 1_000_000
+
+# Failure behaviour: every Redis client gives up within about a second, so a request
+# meeting a Redis outage answers 503 (marketplace/api/errors.py) instead of hanging.
+# Publishing a job is retried briefly only: a job whose message is lost stays queued
+# in PostgreSQL and the reaper (workers.jobs_reap) enqueues it again.
+CELERY_BROKER_TRANSPORT_OPTIONS["socket_connect_timeout"] = 1
+CELERY_BROKER_TRANSPORT_OPTIONS["socket_timeout"] = 2  # > kombu's 1 s BRPOP wait
+CELERY_TASK_PUBLISH_RETRY_POLICY = {
+    "max_retries": 2,
+    "interval_start": 0,
+    "interval_step": 0.1,
+    "interval_max": 0.1,
+}

@@ -4,10 +4,18 @@ Every error body is ``{"error": {"code", "message", "request_id"}}`` (plus ``fie
 and ``fields`` for bad input), whatever raised it: DRF, a domain service, or Django.
 """
 
+import logging
+import sys
 from typing import Any
 
+import kombu.exceptions
+import redis
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
-from django.http import Http404, HttpRequest, JsonResponse
+from django.db import InterfaceError as DatabaseInterfaceError
+from django.db import OperationalError as DatabaseOperationalError
+from django.db import connections
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.template.loader import render_to_string
 from rest_framework import exceptions
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -18,6 +26,8 @@ from marketplace.logging import request_id_var
 from workers.dispatch import NoHealthySite, SitesUnavailable
 from workers.kserve import KServeError
 from workers.triton import TritonRejected
+
+logger = logging.getLogger(__name__)
 
 _DEFAULT_CODES = {
     400: "invalid_request",
@@ -35,6 +45,19 @@ _DEFAULT_CODES = {
     500: "internal_error",
     503: "unavailable",
 }
+
+# A backing service (PostgreSQL, Redis, the Celery broker) did not answer. Such an
+# error says nothing about the request, so it is a 503 the client may retry, never
+# a 500. Whatever lets these propagate (the rate limiter, the job path, the ledger)
+# gets this answer without handling them itself.
+OUTAGE_ERRORS: tuple[type[Exception], ...] = (
+    DatabaseOperationalError,
+    DatabaseInterfaceError,
+    redis.ConnectionError,
+    redis.TimeoutError,
+    kombu.exceptions.OperationalError,
+)
+OUTAGE_RETRY_AFTER_SECONDS = 5
 
 
 def error_body(
@@ -98,7 +121,44 @@ def _inference_error(exc: Exception) -> Response | None:
     return None
 
 
+def _outage_noted(exc: Exception) -> str:
+    """Log the outage and drop this thread's database connections; name what failed.
+
+    A connection that saw the server go away is useless, and the thread's other
+    connection (``default`` or ``holds``) most likely is too. Closing both now means
+    the first request after the database returns reconnects instead of failing on
+    a stale connection; a healthy connection closed here costs one reconnect.
+    """
+    database = isinstance(exc, DatabaseOperationalError | DatabaseInterfaceError)
+    if database:
+        for connection in connections.all(initialized_only=True):
+            connection.close()
+    service = "database" if database else "redis"
+    # One line per refused request; a traceback each would bury the outage's start.
+    logger.warning("%s unavailable; answering 503: %s: %s", service, type(exc).__name__, exc)
+    return service
+
+
+def outage_error(exc: Exception) -> Response | None:
+    """503 ``service_unavailable`` with ``Retry-After`` for an unreachable backing service."""
+    if not isinstance(exc, OUTAGE_ERRORS):
+        return None
+    service = _outage_noted(exc)
+    return Response(
+        error_body(
+            status_code=503,
+            message=f"The service is unavailable ({service}); retry later.",
+            code="service_unavailable",
+        ),
+        status=503,
+        headers={"Retry-After": str(OUTAGE_RETRY_AFTER_SECONDS)},
+    )
+
+
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    outage_response = outage_error(exc)
+    if outage_response is not None:
+        return outage_response
     inference_response = _inference_error(exc)
     if inference_response is not None:
         return inference_response
@@ -142,3 +202,25 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
 def json_error_response(request: HttpRequest, status_code: int, message: str) -> JsonResponse:
     """For errors raised outside DRF views (unknown URL, crash) on API paths."""
     return JsonResponse(error_body(status_code=status_code, message=message), status=status_code)
+
+
+def outage_response(request: HttpRequest, *, api: bool) -> HttpResponse | None:
+    """The 503 for an outage raised outside DRF (middleware, portal views), else None.
+
+    Called from ``handler500``, which Django calls inside its ``except`` block, so
+    the exception being handled is ``sys.exc_info()``.
+    """
+    exc = sys.exc_info()[1]
+    if not isinstance(exc, OUTAGE_ERRORS):
+        return None
+    service = _outage_noted(exc)
+    headers = {"Retry-After": str(OUTAGE_RETRY_AFTER_SECONDS)}
+    if api:
+        body = error_body(
+            status_code=503,
+            message=f"The service is unavailable ({service}); retry later.",
+            code="service_unavailable",
+        )
+        return JsonResponse(body, status=503, headers=headers)
+    # No request context: the page must render with the database or Redis down.
+    return HttpResponse(render_to_string("errors/503.html"), status=503, headers=headers)
