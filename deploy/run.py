@@ -16,6 +16,8 @@
   checks, the job reaper, webhooks), one Celery worker per site queue
   (``site.<slug>``, with ``CANGO_WORKER_SITE=<slug>``) and Celery beat, and prints a
   banner with the logins, the demo API key, the sites and example requests.
+* The web server's processes share ``var/prometheus`` (emptied at each start) as
+  ``PROMETHEUS_MULTIPROC_DIR``, so ``/metrics`` on any of them reports all of them.
 * Stops on Ctrl-C, SIGTERM, or when any of these processes (a Triton site included)
   exits: first the web server and the Celery processes, then the Triton sites (so no
   client holds a connection open that would delay their shutdown), then a private
@@ -29,6 +31,7 @@ import contextlib
 import os
 import re
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -75,6 +78,7 @@ BEAT_ARGS = ["-A", "config", "beat", "--loglevel", "INFO"]
 SITE_WORKER_CONCURRENCY = 2
 SITE_SLUG_PREFIX = "site"
 TRITON_DIR = VAR_DIR / "triton"
+PROMETHEUS_DIR = VAR_DIR / "prometheus"
 CATALOG_DEFAULTS = "deploy/catalog.json"
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -135,6 +139,14 @@ def manage(env: dict[str, str], *args: str, capture: bool = False) -> str:
         code = exit_code_of(result.returncode)
         raise StepFailed(f"manage.py {' '.join(args)} failed (exit status {code})", code or 1)
     return output
+
+
+def prometheus_dir_reset() -> Path:
+    """An empty directory for the web processes' metric files (prometheus_client's
+    multi-process mode); files left by an earlier run would add to this run's counts."""
+    shutil.rmtree(PROMETHEUS_DIR, ignore_errors=True)
+    PROMETHEUS_DIR.mkdir(parents=True)
+    return PROMETHEUS_DIR
 
 
 def sites_launch(env: dict[str, str]) -> list[SiteProcess]:
@@ -283,7 +295,11 @@ def serve(
                     "--webhook-secret", env["STRIPE_WEBHOOK_SECRET"],
                 ],
             )  # fmt: skip
-        sup.start("web", [granian, *WEB_ARGS, "--port", str(port)])
+        sup.start(
+            "web",
+            [granian, *WEB_ARGS, "--port", str(port)],
+            env={"PROMETHEUS_MULTIPROC_DIR": str(prometheus_dir_reset())},
+        )
         sup.start("worker", [celery, *WORKER_ARGS, "-Q", "default", "-n", "default@%h"])
         for site in sites:
             sup.start(
