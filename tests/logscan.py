@@ -102,6 +102,7 @@ class LogScan:
     secrets: set[str] = field(default_factory=set)
     findings: list[Finding] = field(default_factory=list)
     redacted_lines: int = 0
+    files: int = 0
     handler: _CaptureHandler | None = None
     restore: list[Callable[[], None]] = field(default_factory=list)
 
@@ -221,6 +222,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     factory = getattr(session.config, "_tmp_path_factory", None)
     basetemp = factory.getbasetemp() if factory is not None else None
     sources = list(scan.sources(basetemp))
+    scan.files = len(sources) - 1
     scan.findings = secrets_find(sources, scan.secrets)
     scan.redacted_lines = sum(text.count(REDACTED) for _, text in sources)
     if scan.findings and session.exitstatus in (
@@ -241,6 +243,7 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         terminalreporter.write_line(f"{len(scan.findings)} log line(s) hold a secret: FAILED")
     else:
         terminalreporter.write_line(
-            f"logscan: no secret in {len(scan.lines)} log records and the subprocess logs "
-            f"({len(scan.secrets)} secrets searched; {scan.redacted_lines} redactions)"
+            f"logscan: no secret in {len(scan.lines)} log records and {scan.files} "
+            f"subprocess log files ({len(scan.secrets)} secrets searched; "
+            f"{scan.redacted_lines} redactions)"
         )
