@@ -164,4 +164,6 @@ class JsonFormatter(logging.Formatter):
             entry["exc"] = self.formatException(record.exc_info)
         if record.stack_info:
             entry["stack"] = record.stack_info
-        return json.dumps(entry, default=str)
+        # Objects passed as extra fields (a request, an exception) are shown as text,
+        # which the filter could not see: redact that text too.
+        return json.dumps(entry, default=lambda value: redact_text(str(value)))

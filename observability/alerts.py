@@ -10,7 +10,7 @@ The alerts (README, "Observability"):
 - ``meter_backlog``: usage is not reaching Stripe (oldest unsent record too old, or
   too many unsent): invoices will be short until it does.
 - ``reconcile_difference``: this month's ledger usage and Stripe's meter totals
-  disagree beyond what is still waiting to be sent.
+  (up to ten minutes ago) disagree beyond what is still waiting to be sent.
 - ``site_down``: an active site has enabled servers and none of them is healthy.
 - ``<check>_failed``: a check could not run (database, Redis or Stripe unreachable).
 """
@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import redis
 import stripe
@@ -38,6 +38,7 @@ logger = logging.getLogger(__name__)
 RECONCILE_CACHE_KEY = "ops:reconcile:last"
 MAILED_CACHE_KEY = "ops:alert-mailed:{}"
 MAIL_REPEAT_SECONDS = 3600
+STRIPE_SUMMARY_LAG_SECONDS = 600
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,8 +70,16 @@ def month_of(now: datetime) -> tuple[datetime, datetime]:
 
 
 def _reconcile_now(now: datetime) -> list[str]:
-    """This month's differences that the unsent backlog does not explain."""
-    start, end = month_of(now)
+    """This month's differences that the unsent backlog does not explain.
+
+    The month is compared up to ``STRIPE_SUMMARY_LAG_SECONDS`` ago (on a minute, as
+    Stripe's summaries want): Stripe aggregates meter events asynchronously, so the
+    last minutes' events may be sent yet not counted.
+    """
+    start, _ = month_of(now)
+    end = (now - timedelta(seconds=STRIPE_SUMMARY_LAG_SECONDS)).replace(second=0, microsecond=0)
+    if end <= start:
+        return []
     unsent = selectors.unsent_usage_micros(start=start, end=end)
     return [
         str(difference)

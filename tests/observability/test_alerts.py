@@ -5,7 +5,7 @@ import json
 import logging
 import time
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -15,7 +15,7 @@ from django.core.management import CommandError, call_command
 from django.utils import timezone
 
 from billing import ledger, stripe_gateway
-from billing.models import BillingMeter, CreditAccount, UsageRecord
+from billing.models import BillingMeter, CreditAccount, LedgerEntry, UsageRecord
 from config.redis_client import redis_client
 from marketplace.logging import JsonFormatter, RedactFilter, RequestIdFilter
 from marketplace.models import Tenant
@@ -44,11 +44,12 @@ def _alert_state_cleared() -> Iterator[None]:
 @pytest.fixture
 def stripe_totals(monkeypatch) -> dict[str, object]:
     """Stripe's meter totals, as the reconciliation reads them (no HTTP here)."""
-    state: dict[str, object] = {"total": 0, "calls": 0}
+    state: dict[str, object] = {"total": 0, "calls": 0, "window": None}
 
     def meter_event_total(**kwargs: object) -> int:
-        state["calls"] = int(state["calls"]) + 1  # type: ignore[call-overload]
-        return int(state["total"])  # type: ignore[call-overload]
+        state["calls"] = int(str(state["calls"])) + 1
+        state["window"] = (kwargs["start"], kwargs["end"])
+        return int(str(state["total"]))
 
     monkeypatch.setattr(stripe_gateway, "meter_event_total", meter_event_total)
     return state
@@ -61,15 +62,24 @@ def _invoiced(tenant: Tenant) -> None:
     )
 
 
-def _usage(tenant: Tenant, source: str, cost: int, *, sent: bool, age_seconds: int = 0) -> None:
+def _usage(
+    tenant: Tenant,
+    source: str,
+    cost: int,
+    *,
+    sent: bool,
+    age_seconds: int = 0,
+    at: datetime | None = None,
+) -> None:
     hold = ledger.credit_reserve(
         tenant_id=tenant.pk, amount_micros=cost, source=source, ttl_seconds=60
     )
     ledger.credit_settle(hold=hold, cost_micros=cost, units=1, model_slug="echo", source=source)
+    created = at or timezone.now() - timedelta(seconds=age_seconds)
     UsageRecord.objects.filter(ledger_entry__source=source).update(
-        sent_at=timezone.now() if sent else None,
-        created_at=timezone.now() - timedelta(seconds=age_seconds),
+        sent_at=timezone.now() if sent else None, created_at=created
     )
+    LedgerEntry.objects.filter(source=source).update(created_at=created)
 
 
 def _names(fired: list[alerts.Alert]) -> list[str]:
@@ -117,55 +127,84 @@ def test_usage_of_tenants_without_a_stripe_customer_is_not_a_backlog(world, sett
 
 # ---- Reconciliation -------------------------------------------------------------
 
+# A fixed moment in the middle of a month, and usage charged earlier that month.
+NOW = datetime(2026, 5, 20, 12, 30, 45, tzinfo=UTC)
+CHARGED = datetime(2026, 5, 10, 8, 0, tzinfo=UTC)
+
 
 def test_reconcile_alert_fires_when_stripe_and_the_ledger_disagree(world, stripe_totals):
     _invoiced(world.tenant)
-    _usage(world.tenant, "req:a", 120, sent=True)
+    _usage(world.tenant, "req:a", 120, sent=True, at=CHARGED)
     stripe_totals["total"] = 120
-    assert _names(alerts.checks_run(force_reconcile=True)) == []
+    assert alerts.reconcile_check(NOW, force=True) is None
 
     stripe_totals["total"] = 100
-    fired = alerts.checks_run(force_reconcile=True)
+    alert = alerts.reconcile_check(NOW, force=True)
 
-    assert _names(fired) == ["reconcile_difference"]
-    assert "difference" in fired[0].message
+    assert alert is not None
+    assert alert.name == "reconcile_difference"
+    assert "difference" in alert.message
+    # The month so far, up to ten minutes ago on a minute (Stripe aggregates late).
+    assert stripe_totals["window"] == (
+        datetime(2026, 5, 1, tzinfo=UTC),
+        datetime(2026, 5, 20, 12, 20, tzinfo=UTC),
+    )
 
 
 def test_usage_still_waiting_to_be_sent_is_not_a_difference(world, stripe_totals):
     _invoiced(world.tenant)
-    _usage(world.tenant, "req:sent", 120, sent=True)
-    _usage(world.tenant, "req:waiting", 30, sent=False)
+    _usage(world.tenant, "req:sent", 120, sent=True, at=CHARGED)
+    _usage(world.tenant, "req:waiting", 30, sent=False, at=CHARGED)
     stripe_totals["total"] = 120
 
-    assert _names(alerts.checks_run(force_reconcile=True)) == []
+    assert alerts.reconcile_check(NOW, force=True) is None
+
+
+def test_usage_of_the_last_minutes_is_left_to_the_next_check(world, stripe_totals):
+    _invoiced(world.tenant)
+    _usage(world.tenant, "req:old", 120, sent=True, at=CHARGED)
+    _usage(world.tenant, "req:just-now", 30, sent=True, at=NOW - timedelta(minutes=2))
+    stripe_totals["total"] = 120  # Stripe has not aggregated the newest event yet
+
+    assert alerts.reconcile_check(NOW, force=True) is None
 
 
 def test_stripe_is_asked_at_most_once_per_interval(world, stripe_totals, settings):
     settings.ALERT_RECONCILE_INTERVAL_SECONDS = 3600
     _invoiced(world.tenant)
-    _usage(world.tenant, "req:a", 120, sent=True)
+    _usage(world.tenant, "req:a", 120, sent=True, at=CHARGED)
     stripe_totals["total"] = 100
 
-    first = alerts.checks_run()
+    first = alerts.reconcile_check(NOW)
     stripe_totals["total"] = 120  # fixed in Stripe, but not asked again yet
-    second = alerts.checks_run()
+    second = alerts.reconcile_check(NOW)
 
     assert stripe_totals["calls"] == 1
-    assert _names(first) == _names(second) == ["reconcile_difference"]
-    assert _names(alerts.checks_run(force_reconcile=True)) == []
+    assert first == second
+    assert first is not None
+    assert alerts.reconcile_check(NOW, force=True) is None
     assert stripe_totals["calls"] == 2
 
 
 def test_a_reconciliation_that_cannot_reach_stripe_is_an_alert_of_its_own(world, monkeypatch):
     _invoiced(world.tenant)
-    _usage(world.tenant, "req:a", 120, sent=True)
 
     def down(**kwargs: object) -> int:
         raise stripe_gateway.GatewayError("connection refused")
 
     monkeypatch.setattr(stripe_gateway, "meter_event_total", down)
+    monkeypatch.setattr(alerts.timezone, "now", lambda: NOW)
+    _usage(world.tenant, "req:b", 120, sent=True, at=CHARGED)
 
     assert _names(alerts.checks_run(force_reconcile=True)) == ["reconcile_difference_failed"]
+
+
+def test_the_first_minutes_of_a_month_have_nothing_to_compare(world, stripe_totals):
+    _invoiced(world.tenant)
+    _usage(world.tenant, "req:a", 120, sent=True, at=CHARGED)
+
+    assert alerts.reconcile_check(datetime(2026, 6, 1, 0, 5, tzinfo=UTC), force=True) is None
+    assert stripe_totals["calls"] == 0
 
 
 # ---- Sites ----------------------------------------------------------------------

@@ -178,3 +178,16 @@ def test_redaction_is_stable_when_a_record_passes_through_several_handlers():
 
     assert redact_text(once) == once
     assert once.startswith(f"cango_sk_{public_id}_[REDACTED] Authorization: Bearer [REDACTED]")
+
+
+def test_an_object_in_an_extra_field_is_redacted_once_shown_as_text(lines):
+    _, token = keys.token_generate()
+
+    class Request:
+        def __str__(self) -> str:
+            return f"<Request GET /v1/models?key={token}>"
+
+    logging.getLogger("obs-test").warning("odd request", extra={"request": Request()})
+
+    assert token not in lines.text()
+    assert "cango_sk_" in lines.all()[0]["request"]
