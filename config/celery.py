@@ -4,7 +4,7 @@ import os
 from typing import Any
 
 from celery import Celery
-from celery.signals import task_postrun, task_prerun
+from celery.signals import setup_logging, task_postrun, task_prerun
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.dev")
 
@@ -20,3 +20,14 @@ def _database_connections_tidy(**kwargs: Any) -> None:
     from django.db import close_old_connections
 
     close_old_connections()
+
+
+@setup_logging.connect
+def _logging_from_django_settings(**kwargs: Any) -> None:
+    """Workers and beat log like the web tier: JSON lines, ids attached, secrets
+    redacted (``settings.LOGGING``), instead of Celery's own text format."""
+    import logging.config
+
+    from django.conf import settings
+
+    logging.config.dictConfig(settings.LOGGING)

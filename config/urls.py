@@ -9,6 +9,7 @@ from billing.views import stripe_webhook
 from marketplace.api.errors import json_error_response, outage_response
 from marketplace.api.inference import ServerMetadataView
 from marketplace.views import SignupView
+from observability.views import metrics
 
 urlpatterns = [
     path("admin/", admin.site.urls),
@@ -21,6 +22,7 @@ urlpatterns = [
     path("v2", ServerMetadataView.as_view(), name="v2-server-metadata"),
     path("v2/", include(("marketplace.api.v2_urls", "v2"), namespace="v2")),
     path("ops/", include("marketplace.ops_urls")),
+    path("metrics", metrics, name="metrics"),  # observability: operator only, else 404
     path("", include("marketplace.urls")),
 ]
 

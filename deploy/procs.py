@@ -46,6 +46,8 @@ class Proc:
     argv: tuple[str, ...]  # program first; ${VAR} placeholders
     site: bool = False  # a per-site process: its unit is a template, instance = site slug
     stop_timeout_seconds: int = 30
+    # Extra [Service] lines of its systemd unit.
+    service_lines: tuple[str, ...] = ()
 
 
 # A site worker's tasks wait on Triton; on SIGTERM Celery finishes the running ones
@@ -61,6 +63,13 @@ PROCS: tuple[Proc, ...] = (
             "granian", "--interface", "wsgi", "config.wsgi:application",
             "--host", "${CANGO_WEB_HOST}", "--port", "${PORT}",
             "--workers", "${CANGO_WEB_WORKERS}", "--blocking-threads", "${CANGO_WEB_THREADS}",
+        ),
+        # granian's worker processes share their metrics through files in one
+        # directory that must start empty: systemd creates /run/cango-web afresh at
+        # every start and removes it at stop.
+        service_lines=(
+            "RuntimeDirectory=cango-web",
+            "Environment=PROMETHEUS_MULTIPROC_DIR=/run/cango-web",
         ),
     ),
     Proc(
@@ -157,6 +166,7 @@ def unit_render(p: Proc) -> str:
         "Group=cango",
         f"WorkingDirectory={INSTALL_DIR}",
         *(f"EnvironmentFile={path}" for path in env_files),
+        *p.service_lines,
         *pre,
         f"ExecStart={command}",
         # SIGTERM to the main process only (granian and Celery stop their children

@@ -16,6 +16,8 @@
   checks, the job reaper, webhooks), one Celery worker per site queue
   (``site.<slug>``, with ``CANGO_WORKER_SITE=<slug>``) and Celery beat, and prints a
   banner with the logins, the demo API key, the sites and example requests.
+* The web server's processes share ``var/prometheus`` (emptied at each start) as
+  ``PROMETHEUS_MULTIPROC_DIR``, so ``/metrics`` on any of them reports all of them.
 * Stops on Ctrl-C, SIGTERM, or when any of these processes (a Triton site included)
   exits: first the web server and the Celery processes, then the Triton sites (so no
   client holds a connection open that would delay their shutdown), then a private
@@ -29,6 +31,7 @@ import contextlib
 import os
 import re
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -80,6 +83,7 @@ PROC_VARS = {
 }
 SITE_SLUG_PREFIX = "site"
 TRITON_DIR = VAR_DIR / "triton"
+PROMETHEUS_DIR = VAR_DIR / "prometheus"
 CATALOG_DEFAULTS = "deploy/catalog.json"
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -140,6 +144,14 @@ def manage(env: dict[str, str], *args: str, capture: bool = False) -> str:
         code = exit_code_of(result.returncode)
         raise StepFailed(f"manage.py {' '.join(args)} failed (exit status {code})", code or 1)
     return output
+
+
+def prometheus_dir_reset() -> Path:
+    """An empty directory for the web processes' metric files (prometheus_client's
+    multi-process mode); files left by an earlier run would add to this run's counts."""
+    shutil.rmtree(PROMETHEUS_DIR, ignore_errors=True)
+    PROMETHEUS_DIR.mkdir(parents=True)
+    return PROMETHEUS_DIR
 
 
 def sites_launch(env: dict[str, str]) -> list[SiteProcess]:
@@ -290,7 +302,11 @@ def serve(
                 ],
             )  # fmt: skip
         variables = {**PROC_VARS, "PORT": str(port)}
-        sup.start("web", procs.argv("web", variables, BIN))
+        sup.start(
+            "web",
+            procs.argv("web", variables, BIN),
+            env={"PROMETHEUS_MULTIPROC_DIR": str(prometheus_dir_reset())},
+        )
         sup.start("worker", procs.argv("worker", variables, BIN))
         for site in sites:
             site_vars = {**variables, "CANGO_WORKER_SITE": site.slug}

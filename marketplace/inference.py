@@ -15,8 +15,10 @@ import numpy as np
 from django.conf import settings
 
 from billing import ledger
+from observability.metrics import sync_inference_count
 from workers import kserve
-from workers.dispatch import Dispatched, dispatch
+from workers.dispatch import Dispatched, NoHealthySite, SitesUnavailable, dispatch
+from workers.triton import TritonRejected
 
 from . import catalog, pricing
 from .exceptions import DomainError
@@ -106,6 +108,17 @@ def _model_version(done: Dispatched) -> str:
         return ""
 
 
+def _failure_status(exc: BaseException) -> str:
+    """The metric's status for a call that failed: the same vocabulary as its HTTP error."""
+    if isinstance(exc, NoHealthySite):
+        return "no_site"
+    if isinstance(exc, SitesUnavailable):
+        return "busy" if exc.busy else "unavailable"
+    if isinstance(exc, TritonRejected):
+        return "rejected"
+    return "error"
+
+
 def _charged(
     *,
     tenant: Tenant,
@@ -138,9 +151,11 @@ def _charged(
             region_pin=tenant.region_pin,
         )
         units = min(units_used(model, input_elements=input_elements, done=done), max_units)
-    except BaseException:
+    except BaseException as exc:
         ledger.credit_release(reservation_id=hold.reservation_id, using="holds")
+        sync_inference_count(model=model.slug, site="", status=_failure_status(exc))
         raise
+    sync_inference_count(model=model.slug, site=done.candidate.site_slug, status="ok")
     usage = pricing.usage(model, units)
     ledger.credit_settle(
         hold=hold,

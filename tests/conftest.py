@@ -10,6 +10,9 @@ from marketplace.models import ApiKey, Membership, Tenant, User
 from tests.factories import MembershipFactory, api_key_make
 from workers import routing
 
+# logscan: the session fails if a secret appears in any log line (see tests/logscan.py).
+pytest_plugins = ["tests.logscan", "pytester"]
+
 
 @pytest.fixture(autouse=True)
 def _process_caches_cleared() -> None:

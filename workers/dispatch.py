@@ -7,6 +7,8 @@ deadline) and by Celery workers for async jobs.
 import time
 from dataclasses import dataclass
 
+from marketplace.logging import log_context
+
 from . import routing, triton
 from .routing import Candidate
 
@@ -67,7 +69,7 @@ def dispatch(
             break
         started = time.perf_counter_ns()
         try:
-            with routing.InFlight(candidate.server_id):
+            with routing.InFlight(candidate.server_id), log_context(site=candidate.site_slug):
                 response = triton.call(
                     candidate.endpoint,
                     "POST",

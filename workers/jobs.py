@@ -21,6 +21,7 @@ from billing import ledger
 from marketplace import pricing
 from marketplace.inference import units_used
 from marketplace.models import Job
+from observability.metrics import job_outcome_count
 
 from . import kserve, routing, triton, webhooks
 from .dispatch import NoHealthySite, SitesUnavailable, dispatch
@@ -125,6 +126,15 @@ def job_run(*, job_id: int, worker_site: str) -> RunResult:
     job = _claim(job_id)
     if job is None:
         return RunResult("not_claimed")
+    result = _attempt(job, worker_site)
+    job_outcome_count(
+        model=job.model.slug, site=result.site_slug or worker_site, outcome=result.outcome
+    )
+    return result
+
+
+def _attempt(job: Job, worker_site: str) -> RunResult:
+    """Run a claimed job once at ``worker_site``, or hand it on."""
     if job.attempts > settings.JOB_MAX_ATTEMPTS:
         _finish(
             job,

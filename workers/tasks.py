@@ -10,6 +10,7 @@ import os
 from celery import shared_task
 
 from marketplace import retention
+from marketplace.logging import log_context
 
 from . import health, jobs, webhooks
 
@@ -36,17 +37,19 @@ def jobs_reap() -> None:
     ignore_result=True,
 )
 def job_run(job_id: int) -> str:
-    """Run one job at this worker's site (``CANGO_WORKER_SITE``)."""
-    result = jobs.job_run(job_id=job_id, worker_site=os.environ.get("CANGO_WORKER_SITE", ""))
-    logger.info(
-        "job run", extra={"job": job_id, "outcome": result.outcome, "site": result.site_slug}
-    )
+    """Run one job at this worker's site (``CANGO_WORKER_SITE``); every log line
+    written meanwhile carries the job id and the site."""
+    worker_site = os.environ.get("CANGO_WORKER_SITE", "")
+    with log_context(job_id=job_id, site=worker_site):
+        result = jobs.job_run(job_id=job_id, worker_site=worker_site)
+        logger.info("job run", extra={"outcome": result.outcome, "result_site": result.site_slug})
     return result.outcome
 
 
 @shared_task(name="workers.webhook_deliver", acks_late=True, ignore_result=True)
 def webhook_deliver(job_id: int, attempt: int) -> None:
-    webhooks.deliver(job_id, attempt)
+    with log_context(job_id=job_id):
+        webhooks.deliver(job_id, attempt)
 
 
 @shared_task(name="workers.jobs_purge_payloads", acks_late=False, expires=600, ignore_result=True)

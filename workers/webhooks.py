@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 from django.conf import settings
 
 from marketplace.models import Job, WebhookDelivery
+from observability.metrics import webhook_delivery_count
 
 
 class WebhookUrlRefused(ValueError):
@@ -94,6 +95,7 @@ def deliver(job_id: int, attempt: int) -> bool:
         error=error,
         duration_ms=int((time.monotonic() - started) * 1000),
     )
+    webhook_delivery_count(ok=ok)
     if not ok and attempt < settings.WEBHOOK_MAX_ATTEMPTS:
         schedule(job_id, attempt + 1, countdown=min(3600, 2**attempt * 5))
     return ok

@@ -40,9 +40,12 @@ INSTALLED_APPS = [
     "marketplace",
     "billing",
     "workers",
+    "observability",
 ]
 
 MIDDLEWARE = [
+    # Observability: first, so a request's time includes all the other middleware.
+    "observability.middleware.RequestMetricsMiddleware",
     "marketplace.middleware.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -319,17 +322,42 @@ WEBHOOK_MAX_ATTEMPTS: int = env.int("WEBHOOK_MAX_ATTEMPTS", default=6)
 WEBHOOK_ALLOW_PRIVATE_NETWORKS: bool = env.bool("WEBHOOK_ALLOW_PRIVATE_NETWORKS", default=True)
 
 
+# --- Observability (metrics, alerts) -------------------------------------------------
+# Bearer token the Prometheus server sends to /metrics; empty disables bearer access
+# (active staff sessions may still look).
+METRICS_TOKEN: str = env.str("METRICS_TOKEN", default="")
+# Who receives alert mail (``ops_check``): comma-separated e-mail addresses.
+ADMINS: list[tuple[str, str]] = [(addr, addr) for addr in env.list("ADMINS", default=[])]
+# Meter-event backlog: alert when the oldest unsent usage record is older than this,
+# or when more than ALERT_METER_BACKLOG_RECORDS are waiting.
+ALERT_METER_BACKLOG_SECONDS: int = env.int("ALERT_METER_BACKLOG_SECONDS", default=900)
+ALERT_METER_BACKLOG_RECORDS: int = env.int("ALERT_METER_BACKLOG_RECORDS", default=50_000)
+# Ledger-vs-Stripe reconciliation of the current month: at most this often (it makes
+# one Stripe call per tenant and model); in between, the last result is reused.
+ALERT_RECONCILE_INTERVAL_SECONDS: int = env.int("ALERT_RECONCILE_INTERVAL_SECONDS", default=3600)
+ALERT_CHECK_INTERVAL_SECONDS: float = env.float("ALERT_CHECK_INTERVAL_SECONDS", default=300.0)
+CELERY_BEAT_SCHEDULE["ops-check"] = {
+    "task": "observability.ops_check",
+    "schedule": ALERT_CHECK_INTERVAL_SECONDS,
+    "options": {"queue": "default", "expires": ALERT_CHECK_INTERVAL_SECONDS},
+}
+# --- end observability ------------------------------------------------------------
+
 LOG_LEVEL: str = env.str("LOG_LEVEL", default="INFO")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"request_id": {"()": "marketplace.logging.RequestIdFilter"}},
+    "filters": {
+        "request_id": {"()": "marketplace.logging.RequestIdFilter"},
+        # Observability: secrets out of every line, whatever logged it.
+        "redact": {"()": "marketplace.logging.RedactFilter"},
+    },
     "formatters": {"json": {"()": "marketplace.logging.JsonFormatter"}},
     "handlers": {
         "console": {
             "class": "logging.StreamHandler",
             "formatter": "json",
-            "filters": ["request_id"],
+            "filters": ["request_id", "redact"],
         }
     },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},

@@ -219,6 +219,7 @@ def _purge_queues(names: list[str]) -> None:
 
 
 STRIPE_KEY = "sk_test_cango_integration"
+METRICS_TOKEN = "metrics-token-integration-3f9a1c"
 STRIPE_WEBHOOK_SECRET = "whsec_cango_integration"
 
 
@@ -316,6 +317,8 @@ def web_server(
     """
     port = triton_launcher.port_free()
     log = tmp_path_factory.mktemp("web") / "granian.log"
+    # Observability: both granian workers write their metrics here (multi-process mode).
+    metrics_dir = tmp_path_factory.mktemp("prometheus")
     argv = [
         str(Path(sys.executable).with_name("granian")),
         "--interface",
@@ -333,7 +336,13 @@ def web_server(
         "--log-level",
         "warning",
     ]
-    env = {**celery_cluster.env, "CATALOG_CACHE_SECONDS": "0", "ALLOWED_HOSTS": "*"}
+    env = {
+        **celery_cluster.env,
+        "CATALOG_CACHE_SECONDS": "0",
+        "ALLOWED_HOSTS": "*",
+        "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+        "METRICS_TOKEN": METRICS_TOKEN,
+    }
     popen = subprocess.Popen(
         argv,
         cwd=ROOT,
