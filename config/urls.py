@@ -52,3 +52,8 @@ def handler400(request: HttpRequest, exception: Exception | None = None) -> Http
     if _is_api(request):
         return json_error_response(request, 400, "Bad request.")
     return render(request, "errors/400.html", status=400)
+
+
+def handler429(request: HttpRequest) -> HttpResponse:
+    """django-allauth's rate-limit page (login, sign-up, password reset, e-mail)."""
+    return render(request, "errors/429.html", status=429)

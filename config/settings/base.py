@@ -326,3 +326,27 @@ LOGGING = {
 # this is set; reconnecting costs more than a job. config/celery.py instead closes
 # connections that are broken or past DATABASE_CONN_MAX_AGE, as Django does per request.
 CELERY_DB_REUSE_MAX = 1_000_000
+
+# ---- Security: login throttling, two-factor, Content-Security-Policy --------------
+# Kept in one block so the other hardening work merges around it. README "Security".
+
+# django-allauth's limits live in the Django cache (Redis), so they hold across every
+# web process. A sliding window per action; "key" is the e-mail address tried.
+ACCOUNT_RATE_LIMITS: dict[str, str] | bool = {
+    # Failed logins: 10 a minute from one address, 5 per account per 15 minutes; a
+    # correct password does not reset them (allauth rolls back only its own attempt).
+    "login_failed": "10/m/ip,5/15m/key",
+    # Any login attempt, failed or not, from one address.
+    "login": "30/m/ip",
+    "signup": "5/10m/ip,20/h/ip",
+    "reset_password": "5/m/ip,3/15m/key",
+    "reset_password_from_key": "20/m/ip",
+    "change_password": "5/m/user",
+    "manage_email": "10/m/user",
+    "reauthenticate": "10/m/user",
+    # One confirmation mail per address per 3 minutes.
+    "confirm_email": "1/3m/key",
+}
+# Behind a proxy, allauth must count the client's address, not the proxy's; set
+# ALLAUTH_TRUSTED_PROXY_COUNT (production) to the number of proxies in front.
+ALLAUTH_TRUSTED_PROXY_COUNT: int = env.int("ALLAUTH_TRUSTED_PROXY_COUNT", default=0)
