@@ -6,6 +6,7 @@ changes only what differs. Every variable is documented in ``.env.example``.
 
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import django_stubs_ext
 import environ
@@ -329,6 +330,11 @@ CELERY_DB_REUSE_MAX = 1_000_000
 
 # ---- Security: login throttling, two-factor, Content-Security-Policy --------------
 # Kept in one block so the other hardening work merges around it. README "Security".
+INSTALLED_APPS += ["csp"]
+MIDDLEWARE.insert(
+    MIDDLEWARE.index("django.middleware.security.SecurityMiddleware") + 1,
+    "marketplace.security.ContentSecurityPolicyMiddleware",
+)
 
 # django-allauth's limits live in the Django cache (Redis), so they hold across every
 # web process. A sliding window per action; "key" is the e-mail address tried.
@@ -350,3 +356,35 @@ ACCOUNT_RATE_LIMITS: dict[str, str] | bool = {
 # Behind a proxy, allauth must count the client's address, not the proxy's; set
 # ALLAUTH_TRUSTED_PROXY_COUNT (production) to the number of proxies in front.
 ALLAUTH_TRUSTED_PROXY_COUNT: int = env.int("ALLAUTH_TRUSTED_PROXY_COUNT", default=0)
+
+
+def _stripe_origin() -> list[str]:
+    """The origin of STRIPE_API_BASE, whose Checkout pages the portal redirects to."""
+    parts = urlsplit(STRIPE_API_BASE)
+    return [f"{parts.scheme}://{parts.netloc}"] if parts.scheme and parts.netloc else []
+
+
+# Content-Security-Policy on every response (django-csp). No inline script or style
+# anywhere: the portal, allauth's pages, the admin and Swagger UI (split view) load
+# them from static files. Per-path additions are in CSP_PATH_UPDATES, each with why.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'"],
+        "img-src": ["'self'"],
+        "font-src": ["'self'"],
+        "connect-src": ["'self'"],
+        "object-src": ["'none'"],
+        "base-uri": ["'none'"],
+        "frame-ancestors": ["'none'"],
+        # Forms post here only, and buying credit redirects to Stripe Checkout (or to
+        # the Stripe-compatible server named by STRIPE_API_BASE in tests and the demo).
+        "form-action": ["'self'", "https://checkout.stripe.com", *_stripe_origin()],
+    }
+}
+CSP_PATH_UPDATES: dict[str, dict[str, list[str]]] = {
+    # swagger-ui.css draws its icons as data: SVG backgrounds.
+    "/api/docs/": {"img-src": ["data:"]},
+}
+X_FRAME_OPTIONS = "DENY"
