@@ -330,11 +330,13 @@ CELERY_DB_REUSE_MAX = 1_000_000
 
 # ---- Security: login throttling, two-factor, Content-Security-Policy --------------
 # Kept in one block so the other hardening work merges around it. README "Security".
-INSTALLED_APPS += ["csp"]
+INSTALLED_APPS += ["allauth.mfa", "csp"]
 MIDDLEWARE.insert(
     MIDDLEWARE.index("django.middleware.security.SecurityMiddleware") + 1,
     "marketplace.security.ContentSecurityPolicyMiddleware",
 )
+# After allauth's middleware: staff must have enrolled and used a second factor.
+MIDDLEWARE.append("marketplace.security.StaffMfaMiddleware")
 
 # django-allauth's limits live in the Django cache (Redis), so they hold across every
 # web process. A sliding window per action; "key" is the e-mail address tried.
@@ -356,6 +358,11 @@ ACCOUNT_RATE_LIMITS: dict[str, str] | bool = {
 # Behind a proxy, allauth must count the client's address, not the proxy's; set
 # ALLAUTH_TRUSTED_PROXY_COUNT (production) to the number of proxies in front.
 ALLAUTH_TRUSTED_PROXY_COUNT: int = env.int("ALLAUTH_TRUSTED_PROXY_COUNT", default=0)
+
+# Two-factor (django-allauth MFA): authenticator apps (TOTP) and recovery codes.
+# Required for staff by marketplace.security.StaffMfaMiddleware.
+MFA_SUPPORTED_TYPES = ["totp", "recovery_codes"]
+MFA_TOTP_ISSUER = "Cango"
 
 
 def _stripe_origin() -> list[str]:
@@ -386,5 +393,7 @@ CONTENT_SECURITY_POLICY = {
 CSP_PATH_UPDATES: dict[str, dict[str, list[str]]] = {
     # swagger-ui.css draws its icons as data: SVG backgrounds.
     "/api/docs/": {"img-src": ["data:"]},
+    # allauth shows the authenticator app's QR code as a data: image.
+    "/accounts/2fa/totp/activate/": {"img-src": ["data:"]},
 }
 X_FRAME_OPTIONS = "DENY"

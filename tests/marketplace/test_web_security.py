@@ -16,6 +16,7 @@ from django.urls import URLPattern, URLResolver, get_resolver, reverse
 from django.urls.exceptions import NoReverseMatch
 
 from tests.factories import MembershipFactory
+from tests.mfa import staff_force_login
 
 pytestmark = pytest.mark.django_db
 
@@ -73,14 +74,12 @@ def route_paths() -> list[str]:
 
 @pytest.fixture
 def staff_owner() -> Client:
-    """A staff member who also owns a tenant: every page opens."""
+    """A staff member with two-factor who also owns a tenant: every page opens."""
     membership = MembershipFactory.create()
     membership.user.is_staff = True
     membership.user.is_superuser = True
     membership.user.save(update_fields=["is_staff", "is_superuser"])
-    client = Client(enforce_csrf_checks=True)
-    client.force_login(membership.user)
-    return client
+    return staff_force_login(Client(enforce_csrf_checks=True), membership.user)
 
 
 def test_the_route_walk_covers_the_portal_the_console_the_admin_and_allauth():
@@ -91,6 +90,7 @@ def test_the_route_walk_covers_the_portal_the_console_the_admin_and_allauth():
         "/ops/tenants/1/suspend/",
         "/admin/marketplace/tenant/1/change/",
         "/accounts/login/",
+        "/accounts/2fa/totp/activate/",
     ):
         assert expected in paths
     assert len(paths) > 80
