@@ -3,7 +3,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.template.loader import render_to_string
 from django.urls import include, path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
 from billing.views import stripe_webhook
 from marketplace.api.errors import json_error_response, outage_response
@@ -17,7 +17,8 @@ urlpatterns = [
     path("accounts/signup/", SignupView.as_view(), name="account_signup"),
     path("accounts/", include("allauth.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
-    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    # The split view serves Swagger UI's start-up script as a file: no inline script.
+    path("api/docs/", SpectacularSwaggerSplitView.as_view(url_name="schema"), name="api-docs"),
     path("v1/", include(("marketplace.api.urls", "api"), namespace="v1")),
     path("v2", ServerMetadataView.as_view(), name="v2-server-metadata"),
     path("v2/", include(("marketplace.api.v2_urls", "v2"), namespace="v2")),
@@ -58,3 +59,8 @@ def handler400(request: HttpRequest, exception: Exception | None = None) -> Http
     if _is_api(request):
         return json_error_response(request, 400, "Bad request.")
     return render(request, "errors/400.html", status=400)
+
+
+def handler429(request: HttpRequest) -> HttpResponse:
+    """django-allauth's rate-limit page (login, sign-up, password reset, e-mail)."""
+    return render(request, "errors/429.html", status=429)

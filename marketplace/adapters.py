@@ -1,7 +1,10 @@
 from typing import Any
 
 from allauth.account.adapter import DefaultAccountAdapter
+from allauth.core.exceptions import ImmediateHttpResponse
+from allauth.core.ratelimit import respond_429
 from django.contrib import messages
+from django.core.exceptions import ValidationError
 from django.forms import Form
 from django.http import HttpRequest
 from django.urls import reverse
@@ -33,6 +36,20 @@ class AccountAdapter(DefaultAccountAdapter):
         if organisation:
             services.tenant_create(name=organisation, owner=saved)
         return saved
+
+    def pre_authenticate(self, request: HttpRequest, **credentials: Any) -> None:
+        """Answer 429 (the rate-limit page) once the failed-login limit is reached.
+
+        allauth reports it as a form error on a 200 page; a 429 tells scripts and
+        proxies to back off, and the page says when to try again. The limit stays
+        closed to the right password too until its window passes.
+        """
+        try:
+            super().pre_authenticate(request, **credentials)
+        except ValidationError as exc:
+            if exc.code == "too_many_login_attempts":
+                raise ImmediateHttpResponse(respond_429(request)) from exc
+            raise
 
     def get_login_redirect_url(self, request: HttpRequest) -> str:
         token = request.session.get(PENDING_INVITATION_SESSION_KEY)

@@ -6,6 +6,7 @@ changes only what differs. Every variable is documented in ``.env.example``.
 
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import django_stubs_ext
 import environ
@@ -384,3 +385,73 @@ CELERY_TASK_PUBLISH_RETRY_POLICY = {
     "interval_step": 0.1,
     "interval_max": 0.1,
 }
+
+# ---- Security: login throttling, two-factor, Content-Security-Policy --------------
+# Kept in one block so the other hardening work merges around it. README "Security".
+INSTALLED_APPS += ["allauth.mfa", "csp"]
+MIDDLEWARE.insert(
+    MIDDLEWARE.index("django.middleware.security.SecurityMiddleware") + 1,
+    "marketplace.security.ContentSecurityPolicyMiddleware",
+)
+# After allauth's middleware: staff must have enrolled and used a second factor.
+MIDDLEWARE.append("marketplace.security.StaffMfaMiddleware")
+
+# django-allauth's limits live in the Django cache (Redis), so they hold across every
+# web process. A sliding window per action; "key" is the e-mail address tried.
+ACCOUNT_RATE_LIMITS: dict[str, str] | bool = {
+    # Failed logins: 10 a minute from one address, 5 per account per 15 minutes; a
+    # correct password does not reset them (allauth rolls back only its own attempt).
+    "login_failed": "10/m/ip,5/15m/key",
+    # Any login attempt, failed or not, from one address.
+    "login": "30/m/ip",
+    "signup": "5/10m/ip,20/h/ip",
+    "reset_password": "5/m/ip,3/15m/key",
+    "reset_password_from_key": "20/m/ip",
+    "change_password": "5/m/user",
+    "manage_email": "10/m/user",
+    "reauthenticate": "10/m/user",
+    # One confirmation mail per address per 3 minutes.
+    "confirm_email": "1/3m/key",
+}
+# Behind a proxy, allauth must count the client's address, not the proxy's; set
+# ALLAUTH_TRUSTED_PROXY_COUNT (production) to the number of proxies in front.
+ALLAUTH_TRUSTED_PROXY_COUNT: int = env.int("ALLAUTH_TRUSTED_PROXY_COUNT", default=0)
+
+# Two-factor (django-allauth MFA): authenticator apps (TOTP) and recovery codes.
+# Required for staff by marketplace.security.StaffMfaMiddleware.
+MFA_SUPPORTED_TYPES = ["totp", "recovery_codes"]
+MFA_TOTP_ISSUER = "Cango"
+
+
+def _stripe_origin() -> list[str]:
+    """The origin of STRIPE_API_BASE, whose Checkout pages the portal redirects to."""
+    parts = urlsplit(STRIPE_API_BASE)
+    return [f"{parts.scheme}://{parts.netloc}"] if parts.scheme and parts.netloc else []
+
+
+# Content-Security-Policy on every response (django-csp). No inline script or style
+# anywhere: the portal, allauth's pages, the admin and Swagger UI (split view) load
+# them from static files. Per-path additions are in CSP_PATH_UPDATES, each with why.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'"],
+        "img-src": ["'self'"],
+        "font-src": ["'self'"],
+        "connect-src": ["'self'"],
+        "object-src": ["'none'"],
+        "base-uri": ["'none'"],
+        "frame-ancestors": ["'none'"],
+        # Forms post here only, and buying credit redirects to Stripe Checkout (or to
+        # the Stripe-compatible server named by STRIPE_API_BASE in tests and the demo).
+        "form-action": ["'self'", "https://checkout.stripe.com", *_stripe_origin()],
+    }
+}
+CSP_PATH_UPDATES: dict[str, dict[str, list[str]]] = {
+    # swagger-ui.css draws its icons as data: SVG backgrounds.
+    "/api/docs/": {"img-src": ["data:"]},
+    # allauth shows the authenticator app's QR code as a data: image.
+    "/accounts/2fa/totp/activate/": {"img-src": ["data:"]},
+}
+X_FRAME_OPTIONS = "DENY"

@@ -14,6 +14,7 @@ from billing import ledger
 from billing.models import CreditAccount, LedgerEntry, Reservation, UsageRecord
 from marketplace.models import AuditEvent
 from tests.factories import MembershipFactory, UserFactory
+from tests.mfa import staff_force_login
 
 pytestmark = pytest.mark.django_db
 
@@ -27,9 +28,7 @@ def staff():
 
 @pytest.fixture
 def staff_client(staff) -> Client:
-    client = Client()
-    client.force_login(staff)
-    return client
+    return staff_force_login(Client(), staff)
 
 
 def _account(world) -> CreditAccount:

@@ -6,15 +6,14 @@ from django.test import Client
 
 from marketplace.models import AuditEvent, Tenant
 from tests.factories import UserFactory
+from tests.mfa import staff_force_login
 
 pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
 def staff_client() -> Client:
-    client = Client()
-    client.force_login(UserFactory.create(is_staff=True, is_superuser=True))
-    return client
+    return staff_force_login(Client(), UserFactory.create(is_staff=True, is_superuser=True))
 
 
 def test_suspend_action_asks_for_a_reason_then_audits(world, staff_client):

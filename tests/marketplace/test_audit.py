@@ -23,6 +23,7 @@ from billing.models import CreditAccount
 from marketplace import services
 from marketplace.models import AuditEvent, CatalogModel, Invitation, Membership, Role, Tenant, User
 from tests.factories import MembershipFactory, UserFactory
+from tests.mfa import staff_force_login
 from workers.models import Deployment, Site, TritonServer
 
 pytestmark = pytest.mark.django_db
@@ -38,12 +39,12 @@ def staff() -> User:
 
 @pytest.fixture
 def staff_client(staff: User) -> Client:
-    client = Client()
-    client.force_login(staff)
-    return client
+    return staff_force_login(Client(), staff)
 
 
 def _client(user: User) -> Client:
+    if user.is_staff:
+        return staff_force_login(Client(), user)
     client = Client()
     client.force_login(user)
     return client

@@ -16,6 +16,7 @@ from config.redis_client import redis_client
 from marketplace import ops_selectors
 from marketplace.models import AuditEvent, CatalogModel, Job, Tenant, WebhookDelivery
 from tests.factories import MembershipFactory, TenantFactory, UserFactory
+from tests.mfa import staff_force_login
 from workers import routing
 from workers.models import Deployment, Site, TritonServer
 
@@ -39,9 +40,7 @@ POST_URLS = [
 
 @pytest.fixture
 def staff() -> Client:
-    client = Client()
-    client.force_login(UserFactory.create(is_staff=True))
-    return client
+    return staff_force_login(Client(), UserFactory.create(is_staff=True))
 
 
 @pytest.fixture
@@ -125,8 +124,7 @@ def test_everyone_but_staff_gets_404_on_every_ops_url(world, site, who):
 
 
 def test_staff_posts_still_need_a_csrf_token(world, site):
-    client = Client(enforce_csrf_checks=True)
-    client.force_login(UserFactory.create(is_staff=True))
+    client = staff_force_login(Client(enforce_csrf_checks=True), UserFactory.create(is_staff=True))
     response = client.post("/ops/sites/site-a/status/", {"status": "draining", "reason": "x"})
     assert response.status_code == 403
     site.refresh_from_db()
@@ -447,6 +445,5 @@ def test_a_staff_member_of_a_suspended_tenant_still_gets_the_console(staff):
     tenant = TenantFactory.create(status=Tenant.Status.SUSPENDED)
     user = UserFactory.create(is_staff=True)
     MembershipFactory.create(tenant=tenant, user=user)
-    client = Client()
-    client.force_login(user)
+    client = staff_force_login(Client(), user)
     assert client.get("/ops/").status_code == 200

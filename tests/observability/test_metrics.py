@@ -21,6 +21,7 @@ from marketplace import inference
 from marketplace.models import CatalogModel, Job, Tenant
 from observability import metrics, selectors
 from tests.factories import UserFactory
+from tests.mfa import staff_force_login
 from workers import routing
 from workers.dispatch import NoHealthySite
 from workers.models import Deployment, Site, TritonServer
@@ -90,12 +91,21 @@ def test_an_empty_token_setting_disables_bearer_access(settings):
 
 
 def test_staff_session_and_bearer_token_both_see_the_metrics():
-    staff = Client()
-    staff.force_login(UserFactory.create(is_staff=True))
+    staff = staff_force_login(Client(), UserFactory.create(is_staff=True))
 
     assert staff.get("/metrics").status_code == 200
     assert Client().get("/metrics", HTTP_AUTHORIZATION=f"Bearer {TOKEN}").status_code == 200
     assert staff.post("/metrics").status_code == 405
+
+
+def test_a_staff_session_without_two_factor_is_sent_to_enrol():
+    staff = Client()
+    staff.force_login(UserFactory.create(is_staff=True))
+
+    response = staff.get("/metrics")
+
+    assert response.status_code == 302
+    assert b"cango_" not in response.content
 
 
 # ---- Request latency ------------------------------------------------------------
