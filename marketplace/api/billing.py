@@ -18,6 +18,7 @@ from billing import selectors
 from marketplace.models import ApiKey
 
 from .authentication import request_key
+from .schema import errors
 
 USAGE_MAX_DAYS = 366
 
@@ -108,7 +109,7 @@ class BalanceView(APIView):
 class UsageView(APIView):
     @extend_schema(
         parameters=[UsageQuerySerializer],
-        responses=UsageSerializer,
+        responses={200: UsageSerializer, **errors(400)},
         summary="Your organisation's usage in a period, by model, day or key",
     )
     def get(self, request: Request) -> Response:

@@ -46,8 +46,19 @@ class CatalogModelSerializer(serializers.ModelSerializer[CatalogModel]):
         return routing.model_available(obj.slug)
 
 
+class CatalogModelListSerializer(serializers.Serializer[Any]):
+    """Documents the list answer, which wraps the models in ``data`` like the API's other lists."""
+
+    # The stubs type a serializer's ``data`` attribute as its output.
+    data = CatalogModelSerializer(many=True)  # type: ignore[assignment]
+
+
 class ModelListView(APIView):
-    @extend_schema(responses=CatalogModelSerializer(many=True), summary="Models you can call")
+    @extend_schema(
+        responses=CatalogModelListSerializer,
+        operation_id="v1_models_list",
+        summary="Models you can call",
+    )
     def get(self, request: Request) -> Response:
         key = request_key(request)
         models = catalog.models_visible(tenant=key.tenant)

@@ -6,7 +6,7 @@ from typing import Any
 from django.conf import settings
 from django.http import HttpResponse, JsonResponse
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
 from rest_framework.parsers import JSONParser
 from rest_framework.permissions import AllowAny
@@ -20,6 +20,7 @@ from workers import routing
 
 from .authentication import request_key
 from .errors import error_body
+from .schema import ErrorSerializer, errors
 
 
 class PayloadTooLarge(DomainError):
@@ -73,7 +74,11 @@ class InferView(APIView):
 
     @extend_schema(
         request={"application/json": OpenApiTypes.OBJECT, "application/octet-stream": bytes},
-        responses={200: OpenApiTypes.OBJECT},
+        responses={
+            (200, "application/json"): OpenApiTypes.OBJECT,
+            (200, "application/octet-stream"): OpenApiTypes.BINARY,
+            **errors(400, 402, 413, 415, 422, 502),
+        },
         summary="Run a model (KServe v2 / Open Inference Protocol)",
     )
     def post(self, request: Request, model: str, version: str = "") -> HttpResponse:
@@ -115,7 +120,7 @@ class ModelMetadataView(APIView):
 class ModelReadyView(APIView):
     """``GET /v2/models/{model}/ready`` — 200 when a healthy site serves it, else 503."""
 
-    @extend_schema(responses={200: None, 503: OpenApiTypes.OBJECT}, summary="Model readiness")
+    @extend_schema(responses={200: None, 503: ErrorSerializer}, summary="Model readiness")
     def get(self, request: Request, model: str, version: str = "") -> HttpResponse:
         key = request_key(request)
         entry = catalog.model_for_caller(model, tenant=key.tenant, key=key)
@@ -182,8 +187,7 @@ class EmbeddingsView(APIView):
 
     @extend_schema(
         request=EmbeddingsRequest,
-        responses={200: OpenApiTypes.OBJECT},
-        parameters=[OpenApiParameter("Authorization", str, OpenApiParameter.HEADER)],
+        responses={200: OpenApiTypes.OBJECT, **errors(400, 402, 404, 413, 415, 422, 502)},
         summary="Create embeddings (OpenAI-compatible)",
     )
     def post(self, request: Request) -> JsonResponse:

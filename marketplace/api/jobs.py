@@ -13,6 +13,7 @@ from marketplace.models import Job
 from workers.webhooks import WebhookUrlRefused, url_check
 
 from .authentication import request_key
+from .schema import errors
 from .scoping import TenantScopedViewSet
 
 
@@ -108,7 +109,7 @@ class JobViewSet(TenantScopedViewSet):
 
     @extend_schema(
         parameters=[JobFilterSerializer],
-        responses=JobSerializer(many=True),
+        responses={200: JobSerializer(many=True), **errors(400)},
         summary="List jobs, newest first",
     )
     def list(self, request: Request) -> Response:
@@ -128,7 +129,7 @@ class JobViewSet(TenantScopedViewSet):
 
     @extend_schema(
         request=JobCreateSerializer,
-        responses={202: JobSerializer},
+        responses={202: JobSerializer, **errors(400, 402, 404, 409, 415, 422)},
         parameters=[
             OpenApiParameter(
                 "Idempotency-Key",
@@ -162,7 +163,11 @@ class JobViewSet(TenantScopedViewSet):
             headers["Idempotent-Replayed"] = "true"
         return Response(job_representation(job), status=status.HTTP_202_ACCEPTED, headers=headers)
 
-    @extend_schema(request=None, responses=JobSerializer, summary="Cancel a queued or running job")
+    @extend_schema(
+        request=None,
+        responses={200: JobSerializer, **errors(409)},
+        summary="Cancel a queued or running job",
+    )
     @action(detail=True, methods=["post"])
     def cancel(self, request: Request, job_id: str) -> Response:
         job = jobs.job_cancel(job=_job(self.get_object()))
