@@ -8,4 +8,4 @@ class MarketplaceConfig(AppConfig):
 
     def ready(self) -> None:
         from . import receivers  # noqa: F401 - connects signal receivers
-        from .api import schema_auth  # noqa: F401 - registers the schema's key scheme
+        from .api import schema  # noqa: F401 - registers the schema's API-key scheme
