@@ -81,8 +81,16 @@ def _status_action(
 
 @admin.register(Tenant)
 class TenantAdmin(admin.ModelAdmin[Tenant]):
-    list_display = ("name", "slug", "status", "balance", "month_to_date_usage", "created_at")
-    list_filter = ("status",)
+    list_display = (
+        "name",
+        "slug",
+        "status",
+        "tier",
+        "balance",
+        "month_to_date_usage",
+        "created_at",
+    )
+    list_filter = ("status", "tier")
     search_fields = ("name", "slug", "memberships__user__email")
     readonly_fields = ("status", "status_reason", "status_changed_at", "created_at")
     inlines = (MembershipInline,)
@@ -110,6 +118,17 @@ class TenantAdmin(admin.ModelAdmin[Tenant]):
     @admin.display(description="month-to-date usage", ordering="usage_month_micros")
     def month_to_date_usage(self, tenant: Tenant) -> str:
         return money.format_usd(getattr(tenant, "usage_month_micros", None) or 0, places=6)
+
+    def save_model(self, request: HttpRequest, obj: Tenant, form: Any, change: bool) -> None:
+        """Tier and limit changes go through the audited service; the rest saves as usual."""
+        if not change:
+            super().save_model(request, obj, form, change)
+            return
+        limits = {name: getattr(obj, name) for name in services.TENANT_LIMIT_FIELDS}
+        others = [name for name in form.changed_data if name not in limits]
+        if others:
+            obj.save(update_fields=others)
+        services.tenant_limits_set(tenant=obj, actor=request.user, limits=limits)  # type: ignore[arg-type]
 
     def has_delete_permission(self, request: HttpRequest, obj: Tenant | None = None) -> bool:
         # A tenant's ledger and invoices must outlive it: suspend instead.
