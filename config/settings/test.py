@@ -19,6 +19,8 @@ WHITENOISE_AUTOREFRESH = True
 # Each test run gets its own cache namespace in the shared Redis, so one run's
 # counters never leak into the next.
 CACHES["default"]["KEY_PREFIX"] = f"test-{uuid.uuid4().hex[:8]}"  # noqa: F405
+# Likewise for the API rate-limit counters (processes a test starts pass theirs on).
+RATE_LIMIT_KEY_PREFIX = env.str("RATE_LIMIT_KEY_PREFIX", default=f"test-{uuid.uuid4().hex[:8]}:rl")
 # django-allauth's per-address limits (one confirmation mail per 3 minutes) would
 # make repeated runs fail; tests of throttling switch them back on.
 ACCOUNT_RATE_LIMITS = False
