@@ -188,7 +188,9 @@ class LimitExceeded(Exception):
 def limits_for(tenant: Tenant) -> Limits:
     """The tenant's tier limits from settings, with its own overrides applied."""
     tiers = settings.RATE_LIMIT_TIERS
-    tier = tiers.get(tenant.tier) or tiers[Tenant.Tier.STANDARD]
+    tier = tiers.get(tenant.tier)
+    if tier is None:
+        tier = tiers[Tenant.Tier.STANDARD]
 
     def pick(override: int | None, name: str) -> int | None:
         return override if override is not None else tier.get(name)
@@ -256,16 +258,18 @@ def admit(
     ``window_ms`` and ``slot_ttl_ms`` are parameters so tests can shorten them; the
     API uses the 60-second window and ``RATE_LIMIT_IN_FLIGHT_TTL_SECONDS``.
     """
-    if slot_ttl_ms is None:
-        slot_ttl_ms = settings.RATE_LIMIT_IN_FLIGHT_TTL_SECONDS * 1000
-    keys = _redis_keys(key_id=key_id, tenant_id=tenant_id)
-    member = secrets.token_hex(8)
     ordered = (
         limits.key_per_minute,
         limits.tenant_per_minute,
         limits.key_in_flight,
         limits.tenant_in_flight,
     )
+    if all(limit is None for limit in ordered):
+        return Admission(slot_keys=(), member="", rate=None)  # nothing to count: no round trip
+    if slot_ttl_ms is None:
+        slot_ttl_ms = settings.RATE_LIMIT_IN_FLIGHT_TTL_SECONDS * 1000
+    keys = _redis_keys(key_id=key_id, tenant_id=tenant_id)
+    member = secrets.token_hex(8)
     refused, retry_ms, key_left, key_reset, tenant_left, tenant_reset = _acquire_script()(
         keys=keys, args=[*(_arg(limit) for limit in ordered), window_ms, slot_ttl_ms, member]
     )

@@ -150,6 +150,11 @@ def test_a_zero_limit_refuses_everything():
     assert "disabled" in refusal.message
 
 
+def test_no_limits_costs_no_redis_call(monkeypatch):
+    monkeypatch.setattr(ratelimits, "_acquire_script", None)  # would fail if called
+    assert ratelimits.admit(key_id=1, tenant_id=1, limits=NO_LIMITS).rate is None
+
+
 def test_no_limits_writes_nothing(rl_prefix):
     admission = ratelimits.admit(key_id=1, tenant_id=1, limits=NO_LIMITS)
     assert admission.rate is None
@@ -181,6 +186,9 @@ def test_limits_come_from_the_tier_with_the_tenant_overrides(settings):
     assert ratelimits.limits_for(free) == Limits(5, 3, 9, None)
     # A tier missing from the settings falls back to the standard tier's limits.
     assert ratelimits.limits_for(Tenant(tier="enterprise")) == Limits(50, 4, 90, 8)
+    # A tier configured with no values has no limits (it does not fall back).
+    settings.RATE_LIMIT_TIERS = {**settings.RATE_LIMIT_TIERS, "enterprise": {}}
+    assert ratelimits.limits_for(Tenant(tier="enterprise")) == NO_LIMITS
 
 
 # --- the API ----------------------------------------------------------------------
