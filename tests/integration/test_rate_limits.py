@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -39,11 +40,17 @@ def _live(netloc: str) -> bool:
     return triton_launcher.http_get(f"http://{netloc}/v1/health/live") is not None
 
 
+@dataclass
+class WebProcesses:
+    netlocs: list[str]
+    admissions: Path  # see tests/integration/admission_probe.py
+
+
 @pytest.fixture(scope="module")
-def web_processes(
-    django_db_setup: None, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[list[str]]:
-    """Four granian processes (one worker each) on four ports; their addresses."""
+def web(django_db_setup: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebProcesses]:
+    """Four granian processes (one worker each) on four ports, logging their admissions."""
+    logs = tmp_path_factory.mktemp("web4")
+    admissions = logs / "admissions.log"
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "config.settings.test",
@@ -53,8 +60,8 @@ def web_processes(
         "CATALOG_CACHE_SECONDS": "0",
         "ALLOWED_HOSTS": "*",
         "PYTHONUNBUFFERED": "1",
+        "ADMISSION_PROBE_LOG": str(admissions),
     }
-    logs = tmp_path_factory.mktemp("web4")
     popens: list[subprocess.Popen[bytes]] = []
     netlocs: list[str] = []
     try:
@@ -64,7 +71,7 @@ def web_processes(
                 str(Path(sys.executable).with_name("granian")),
                 "--interface",
                 "wsgi",
-                "config.wsgi:application",
+                "tests.integration.admission_probe:application",
                 "--host",
                 "127.0.0.1",
                 "--port",
@@ -90,7 +97,7 @@ def web_processes(
             netlocs.append(f"127.0.0.1:{port}")
         for netloc in netlocs:
             wait_for(functools.partial(_live, netloc), timeout=40)
-        yield netlocs
+        yield WebProcesses(netlocs=netlocs, admissions=admissions)
     finally:
         for popen in popens:
             with contextlib.suppress(ProcessLookupError):
@@ -113,7 +120,13 @@ class Client:
         self, netloc: str, method: str, path: str, body: bytes | None = None
     ) -> tuple[int, dict[str, str], dict]:
         conn = self.connections[netloc]
-        conn.request(method, path, body=body, headers=self.headers)
+        try:
+            conn.request(method, path, body=body, headers=self.headers)
+        except (BrokenPipeError, ConnectionResetError):
+            # A refusal leaves a POST body unread, so granian closes the connection
+            # after answering; like any HTTP client, open a new one.
+            conn.close()
+            conn.request(method, path, body=body, headers=self.headers)
         response = conn.getresponse()
         payload = response.read()
         headers = {name.lower(): value for name, value in response.getheaders()}
@@ -124,7 +137,8 @@ class Client:
             conn.close()
 
 
-def test_rate_limit_admits_at_most_the_limit_per_window_across_4_processes(web_processes):
+def test_rate_limit_admits_at_most_the_limit_per_window_across_4_processes(web):
+    web_processes = web.netlocs
     limit, threads, per_thread = 30, 8, 15  # 120 requests, 4 times the limit
     tenant, _key, token, _ = funded_tenant(0)
     services.tenant_limits_set(tenant=tenant, actor=None, limits={"limit_key_per_minute": limit})
@@ -166,8 +180,11 @@ def test_rate_limit_admits_at_most_the_limit_per_window_across_4_processes(web_p
     assert remaining == list(range(limit))  # one shared count, not one per process
 
 
-def test_in_flight_limit_holds_across_4_processes(web_processes, registered):
-    limit, threads, per_thread = 3, 12, 6
+def test_in_flight_limit_holds_across_4_processes(web, registered):
+    """12 clients keep asking until each had 2 calls admitted: slots pass between them."""
+    web_processes = web.netlocs
+    web.admissions.write_text("")
+    limit, threads, wanted = 3, 12, 2
     tenant, key, token, _ = funded_tenant(100_000_000)
     services.tenant_limits_set(
         tenant=tenant,
@@ -176,40 +193,47 @@ def test_in_flight_limit_holds_across_4_processes(web_processes, registered):
     )
     body = json.dumps(SLOW).encode()
     barrier = threading.Barrier(threads)
+    deadline = time.monotonic() + 40  # bounded: the test stops by itself
 
     def run(offset: int) -> list[tuple[int, float, float, dict[str, str], dict]]:
         client = Client(web_processes, token)
-        results = []
+        results: list[tuple[int, float, float, dict[str, str], dict]] = []
+        attempt = 0
         try:
             with contextlib.suppress(threading.BrokenBarrierError):
                 barrier.wait(timeout=10)
-            for index in range(per_thread):
-                netloc = web_processes[(offset + index) % PROCESSES]
+            while sum(r[0] == 200 for r in results) < wanted and time.monotonic() < deadline:
+                netloc = web_processes[(offset + attempt) % PROCESSES]
+                attempt += 1
                 sent = time.monotonic()
                 status, headers, payload = client.call(
                     netloc, "POST", "/v2/models/slow/infer", body
                 )
                 results.append((status, sent, time.monotonic(), headers, payload))
                 if status == 429:
-                    time.sleep(0.05)
+                    time.sleep(0.02)
         finally:
             client.close()
         return results
 
     started = time.monotonic()
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        results = [row for rows in pool.map(run, range(threads)) for row in rows]
+        per_thread = list(pool.map(run, range(threads)))
+    results = [row for rows in per_thread for row in rows]
     elapsed = time.monotonic() - started
 
-    admitted = [(sent, done) for status, sent, done, _, _ in results if status == 200]
+    admitted = [row for row in results if row[0] == 200]
     refused = [(headers, payload) for status, _, _, headers, payload in results if status == 429]
-    # The slow model takes >= 300 ms per call. Trimming 50 ms off both ends of each
-    # client-side interval absorbs the loopback and scheduling gaps between the
-    # client's clock and the server's admission / release, and still catches a fourth
-    # call running alongside three others.
-    edges = sorted(
-        [(sent + 0.05, 1) for sent, _ in admitted] + [(done - 0.05, -1) for _, done in admitted]
-    )
+
+    def events_read() -> list[list[str]]:
+        return [line.split() for line in web.admissions.read_text().splitlines()]
+
+    # Releases run after each response went out; wait for the last ones.
+    wait_for(lambda: sum(e[0] == "admit" for e in events_read()) * 2 == len(events_read()), 5)
+    events = events_read()
+    # Concurrency as the 4 web processes saw it: +1 when one took a slot, -1 when it
+    # gave it back (the probe logs inside the real interval, see admission_probe.py).
+    edges = sorted((float(at), 1 if event == "admit" else -1) for event, at, _ in events)
     running = peak = 0
     for _, step in edges:
         running += step
@@ -220,8 +244,12 @@ def test_in_flight_limit_holds_across_4_processes(web_processes, registered):
         f"{peak} (limit {limit}); other statuses "
         f"{sorted({s for s, *_ in results} - {200, 429})}"
     )
+    assert sum(event == "admit" for event, _, _ in events) == len(admitted)
+    assert running == 0  # every slot taken was given back
     assert peak <= limit
     assert peak == limit  # the load did reach the limit
+    # Every client got its calls in: slots were released and taken by others.
+    assert [sum(r[0] == 200 for r in rows) for rows in per_thread] == [wanted] * threads
     assert refused, "12 clients against 3 slots must be refused some of the time"
     for headers, payload in refused:
         assert payload["error"]["code"] == "concurrency_limited"
@@ -229,4 +257,4 @@ def test_in_flight_limit_holds_across_4_processes(web_processes, registered):
         assert headers["retry-after"] == "1"
     # Every slot was given back once its response was sent.
     slots = f"{settings.RATE_LIMIT_KEY_PREFIX}:key:{key.pk}:slots"
-    wait_for(lambda: redis_client().zcard(slots) == 0, timeout=5)
+    assert redis_client().zcard(slots) == 0
