@@ -16,7 +16,10 @@ and a refused request consumes nothing.
   its expiry passes, so a crash can never hold a slot for longer than
   ``RATE_LIMIT_IN_FLIGHT_TTL_SECONDS``.
 
-Redis errors are not caught here: the API maps them to a fast 503 in one place.
+Redis errors while admitting are not caught here: the API maps them to a fast 503
+in one place. A release that fails is logged; its slots expire as a crash's would.
+The four keys of one call live in different hash slots, so Redis Cluster would need
+them under one hash tag; the project runs a single Redis.
 """
 
 import functools
