@@ -18,6 +18,7 @@ from bench.harness import (
     Request,
     database_prepare,
     granian,
+    limits_lift,
     median,
     percentile,
     sequential,
@@ -33,6 +34,7 @@ def _prepare() -> tuple[dict[str, str], str]:
 
     owner, _ = User.objects.get_or_create(email="bench@cango.local")
     tenant = services.tenant_create(name="Bench", owner=owner)
+    limits_lift(tenant)
     _, token = services.api_key_create(tenant=tenant, actor=owner, name="bench")
     return env, token
 

@@ -31,6 +31,7 @@ from bench.harness import (
     database_prepare,
     free_port,
     granian,
+    limits_lift,
     median,
     percentile,
     sequential,
@@ -67,6 +68,7 @@ def _setup(workdir: Path) -> tuple[dict[str, str], str, object, int]:
     health.servers_check()
     owner, _ = User.objects.get_or_create(email="bench@cango.local")
     tenant = marketplace_services.tenant_create(name="Bench billing", owner=owner)
+    limits_lift(tenant)
     ledger.entry_book(
         tenant_id=tenant.pk,
         kind=LedgerEntry.Kind.GRANT,

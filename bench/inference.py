@@ -35,6 +35,7 @@ from bench.harness import (
     Request,
     database_prepare,
     granian,
+    limits_lift,
     median,
     percentile,
     sequential,
@@ -77,6 +78,7 @@ def _setup(workdir: Path, model: str) -> tuple[dict[str, str], str, object]:
     health.servers_check()
     owner, _ = User.objects.get_or_create(email="bench@cango.local")
     tenant = marketplace_services.tenant_create(name="Bench", owner=owner)
+    limits_lift(tenant)
     ledger.entry_book(
         tenant_id=tenant.pk, kind=LedgerEntry.Kind.GRANT, source="bench", amount_micros=10**12
     )

@@ -20,7 +20,7 @@ from billing import money
 from billing import selectors as billing_selectors
 
 from . import catalog, services
-from .audited_admin import AuditedModelAdmin
+from .audited_admin import AuditedModelAdmin, audit_form_saved
 from .exceptions import LastOwnerError
 from .forms import ReasonForm
 from .models import ApiKey, AuditEvent, CatalogModel, Invitation, Membership, Role, Tenant, User
@@ -115,8 +115,16 @@ def _status_action(
 @admin.register(Tenant)
 class TenantAdmin(AuditedModelAdmin[Tenant]):
     audit_name = "tenant"
-    list_display = ("name", "slug", "status", "balance", "month_to_date_usage", "created_at")
-    list_filter = ("status",)
+    list_display = (
+        "name",
+        "slug",
+        "status",
+        "tier",
+        "balance",
+        "month_to_date_usage",
+        "created_at",
+    )
+    list_filter = ("status", "tier")
     search_fields = ("name", "slug", "memberships__user__email")
     readonly_fields = ("status", "status_reason", "status_changed_at", "created_at")
     inlines = (MembershipInline,)
@@ -144,6 +152,21 @@ class TenantAdmin(AuditedModelAdmin[Tenant]):
     @admin.display(description="month-to-date usage", ordering="usage_month_micros")
     def month_to_date_usage(self, tenant: Tenant) -> str:
         return money.format_usd(getattr(tenant, "usage_month_micros", None) or 0, places=6)
+
+    def save_model(self, request: HttpRequest, obj: Tenant, form: Any, change: bool) -> None:
+        """Tier and limit changes go through their service (audited as
+        ``tenant.limits_changed``, and it drops cached keys); the rest is audited here."""
+        if not change:
+            super().save_model(request, obj, form, change)
+            return
+        limits = {name: getattr(obj, name) for name in services.TENANT_LIMIT_FIELDS}
+        others = [name for name in form.changed_data if name not in limits]
+        if others:
+            obj.save(update_fields=others)
+            audit_form_saved(
+                request, name=self.audit_name, obj=obj, form=form, created=False, fields=others
+            )
+        services.tenant_limits_set(tenant=obj, actor=request.user, limits=limits)  # type: ignore[arg-type]
 
     def has_delete_permission(self, request: HttpRequest, obj: Tenant | None = None) -> bool:
         # A tenant's ledger and invoices must outlive it: suspend instead.

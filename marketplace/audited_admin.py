@@ -32,13 +32,20 @@ def _tenant_of(obj: Model) -> Tenant | None:
 
 
 def audit_form_saved(
-    request: HttpRequest, *, name: str, obj: Model, form: ModelForm[Any], created: bool
+    request: HttpRequest,
+    *,
+    name: str,
+    obj: Model,
+    form: ModelForm[Any],
+    created: bool,
+    fields: list[str] | None = None,
 ) -> None:
     """Record a saved admin form: ``<name>.created`` or ``<name>.changed`` with the changes.
 
-    A change form submitted without changes records nothing.
+    ``fields`` narrows the record to the changes saved here (others may be recorded by
+    a service). A change form submitted without changes records nothing.
     """
-    changed = list(form.changed_data)
+    changed = list(form.changed_data if fields is None else fields)
     if not created and not changed:
         return
     services.audit_record(

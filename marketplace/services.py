@@ -155,6 +155,52 @@ def tenant_reactivate(*, tenant: Tenant, actor: User | None, reason: str) -> Ten
     )
 
 
+TENANT_LIMIT_FIELDS = (
+    "tier",
+    "limit_key_per_minute",
+    "limit_key_in_flight",
+    "limit_tenant_per_minute",
+    "limit_tenant_in_flight",
+)
+
+
+def tenant_limits_set(
+    *, tenant: Tenant, actor: User | None, limits: dict[str, object], reason: str = ""
+) -> Tenant:
+    """Change a tenant's API tier and limit overrides (``TENANT_LIMIT_FIELDS``), audited.
+
+    Web processes cache keys with their tenant, so the cache is dropped after commit:
+    the new limits apply from the next request, not after ``API_KEY_CACHE_SECONDS``.
+    """
+    unknown = set(limits) - set(TENANT_LIMIT_FIELDS)
+    if unknown:
+        raise ValueError(f"Not tenant limit fields: {sorted(unknown)}")
+    with transaction.atomic():
+        locked = Tenant.objects.select_for_update().get(pk=tenant.pk)
+        before = {name: getattr(locked, name) for name in limits}
+        changed = [name for name, value in limits.items() if before[name] != value]
+        if changed:
+            for name in changed:
+                setattr(locked, name, limits[name])
+            locked.full_clean(
+                exclude=[f.name for f in Tenant._meta.fields if f.name not in changed]
+            )
+            locked.save(update_fields=changed)
+            keycache.invalidate()
+            audit_record(
+                action="tenant.limits_changed",
+                actor=actor,
+                target=locked,
+                tenant=locked,
+                reason=reason,
+                metadata={
+                    "before": {name: before[name] for name in changed},
+                    "after": {name: limits[name] for name in changed},
+                },
+            )
+    return locked
+
+
 @transaction.atomic
 def api_key_create(
     *,

@@ -58,6 +58,8 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "allauth.account.middleware.AccountMiddleware",
     "marketplace.middleware.PortalTenantMiddleware",
+    # API rate limits: RateLimit-* headers, in-flight slots released after the response.
+    "marketplace.api.throttling.RateLimitMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -194,6 +196,8 @@ REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "DEFAULT_PAGINATION_CLASS": "marketplace.api.pagination.CursorPagination",
+    # Per key and per tenant, in Redis (marketplace/ratelimits.py).
+    "DEFAULT_THROTTLE_CLASSES": ["marketplace.api.throttling.ApiKeyRateLimit"],
     "PAGE_SIZE": 50,
     "EXCEPTION_HANDLER": "marketplace.api.errors.exception_handler",
     # Schema fuzzing (h-fuzz): documents the errors every key-authenticated call shares.
@@ -212,6 +216,12 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # API rate limits: the schema is never limited; limited operations document 429.
+    "SERVE_AUTHENTICATION": [],
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "marketplace.api.throttling.schema_rate_limits_document",
+    ],
 }
 
 # API keys: how long a key's last-used time may lag, per web process. Writing it on
@@ -225,6 +235,39 @@ API_KEY_CACHE_SECONDS: int = env.int("API_KEY_CACHE_SECONDS", default=30)
 # How long a web process may reuse a catalog entry (price, visibility, schema).
 CATALOG_CACHE_SECONDS: int = env.int("CATALOG_CACHE_SECONDS", default=5)
 INVITATION_TTL_DAYS: int = env.int("INVITATION_TTL_DAYS", default=7)
+
+# --- API rate and in-flight limits (marketplace/ratelimits.py) -----------------------
+# Per tier: requests per minute (a sliding 60-second window) and requests in flight,
+# for each API key and for all of a tenant's keys together. ``None`` means no limit.
+# A tenant's ``limit_*`` fields, when set, override its tier's value.
+RATE_LIMIT_TIERS: dict[str, dict[str, int | None]] = env.json(
+    "RATE_LIMIT_TIERS",
+    default={
+        "free": {
+            "key_per_minute": 60,
+            "key_in_flight": 4,
+            "tenant_per_minute": 120,
+            "tenant_in_flight": 8,
+        },
+        "standard": {
+            "key_per_minute": 600,
+            "key_in_flight": 16,
+            "tenant_per_minute": 1200,
+            "tenant_in_flight": 32,
+        },
+        "enterprise": {
+            "key_per_minute": 6000,
+            "key_in_flight": 64,
+            "tenant_per_minute": 30000,
+            "tenant_in_flight": 256,
+        },
+    },
+)
+# An in-flight slot not released (its web process crashed) frees itself after this
+# long; it must exceed the longest request (INFER_TIMEOUT_SECONDS and some).
+RATE_LIMIT_IN_FLIGHT_TTL_SECONDS: int = env.int("RATE_LIMIT_IN_FLIGHT_TTL_SECONDS", default=120)
+RATE_LIMIT_KEY_PREFIX: str = env.str("RATE_LIMIT_KEY_PREFIX", default="cango:rl")
+# --- end of API rate limits ---------------------------------------------------------
 
 # Celery: JSON only, UTC, every task bounded in time, acknowledged after it ran so a
 # worker lost mid-task gives the message back (tasks are idempotent by design).

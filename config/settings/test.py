@@ -19,6 +19,22 @@ WHITENOISE_AUTOREFRESH = True
 # Each test run gets its own cache namespace in the shared Redis, so one run's
 # counters never leak into the next.
 CACHES["default"]["KEY_PREFIX"] = f"test-{uuid.uuid4().hex[:8]}"  # noqa: F405
+# Likewise for the API rate-limit counters (processes a test starts pass theirs on).
+RATE_LIMIT_KEY_PREFIX = env.str("RATE_LIMIT_KEY_PREFIX", default=f"test-{uuid.uuid4().hex[:8]}:rl")
+# The default tiers would throttle tests of other features (200 concurrent calls from
+# one key); the limiter still runs on every API call. Tests of the limits set their own.
+RATE_LIMIT_TIERS = env.json(
+    "RATE_LIMIT_TIERS",
+    default={
+        tier: {
+            "key_per_minute": 1_000_000,
+            "key_in_flight": 10_000,
+            "tenant_per_minute": 1_000_000,
+            "tenant_in_flight": 10_000,
+        }
+        for tier in ("free", "standard", "enterprise")
+    },
+)
 # django-allauth's per-address limits (one confirmation mail per 3 minutes) would
 # make repeated runs fail; tests of throttling switch them back on.
 ACCOUNT_RATE_LIMITS = False

@@ -23,6 +23,7 @@ from rest_framework.views import exception_handler as drf_exception_handler
 from billing.exceptions import BillingError
 from marketplace.exceptions import DomainError
 from marketplace.logging import request_id_var
+from marketplace.ratelimits import LimitExceeded
 from workers.dispatch import NoHealthySite, SitesUnavailable
 from workers.kserve import KServeError
 from workers.triton import TritonRejected
@@ -155,10 +156,21 @@ def outage_error(exc: Exception) -> Response | None:
     )
 
 
+def _limit_error(exc: LimitExceeded) -> Response:
+    """429 naming the limit (``limit``: key or tenant); ``RateLimit-*`` come from the middleware."""
+    return Response(
+        error_body(status_code=429, message=exc.message, code=exc.code, limit=exc.scope),
+        status=429,
+        headers={"Retry-After": str(exc.retry_after_seconds)},
+    )
+
+
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     outage_response = outage_error(exc)
     if outage_response is not None:
         return outage_response
+    if isinstance(exc, LimitExceeded):
+        return _limit_error(exc)
     inference_response = _inference_error(exc)
     if inference_response is not None:
         return inference_response

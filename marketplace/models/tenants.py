@@ -17,6 +17,13 @@ class Tenant(models.Model):
         ACTIVE = "active", "Active"
         SUSPENDED = "suspended", "Suspended"
 
+    class Tier(models.TextChoices):
+        """Selects the API rate and in-flight limits in ``settings.RATE_LIMIT_TIERS``."""
+
+        FREE = "free", "Free"
+        STANDARD = "standard", "Standard"
+        ENTERPRISE = "enterprise", "Enterprise"
+
     name = models.CharField(max_length=100)
     slug = models.SlugField(max_length=60, unique=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
@@ -29,6 +36,25 @@ class Tenant(models.Model):
         max_length=64,
         default=webhook_secret_generate,
         help_text="Signs job-completion webhooks (HMAC-SHA256).",
+    )
+    tier = models.CharField(
+        max_length=16,
+        choices=Tier.choices,
+        default=Tier.STANDARD,
+        help_text="Selects the API limits (requests per minute and in flight).",
+    )
+    # Per-tenant exceptions to the tier's limits; empty means "the tier's value".
+    limit_key_per_minute = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Requests per minute per API key (overrides the tier)."
+    )
+    limit_key_in_flight = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Requests in flight per API key (overrides the tier)."
+    )
+    limit_tenant_per_minute = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Requests per minute for all keys (overrides the tier)."
+    )
+    limit_tenant_in_flight = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Requests in flight for all keys (overrides the tier)."
     )
     created_at = models.DateTimeField(auto_now_add=True)
 

@@ -1,0 +1,319 @@
+"""API rate and in-flight limits per key and per tenant, held in Redis.
+
+Every web process shares the same Redis sorted sets, so a limit holds however many
+processes serve the API. One Lua script checks all four limits and, only when all
+four allow it, records the request in all of them: one round trip on the hot path,
+and a refused request consumes nothing.
+
+- **Rate**: a sliding-window log. Each admitted request is a member scored with its
+  admission time (Redis's clock, so web hosts need not agree on the time); a request
+  is admitted when fewer than ``limit`` members lie in the last 60 seconds. Unlike a
+  fixed window it never lets ``2 × limit`` through around a window boundary: *any*
+  60-second interval holds at most ``limit`` admissions. It costs one member per
+  admitted request, at most ``limit`` per key or tenant.
+- **In flight**: a sorted set of slots scored with their *expiry* time. A slot is
+  removed when its response has been sent; one whose process died is dropped once
+  its expiry passes, so a crash can never hold a slot for longer than
+  ``RATE_LIMIT_IN_FLIGHT_TTL_SECONDS``.
+
+Redis errors while admitting are not caught here: the API maps them to a fast 503
+in one place. A release that fails is logged; its slots expire as a crash's would.
+The four keys of one call live in different hash slots, so Redis Cluster would need
+them under one hash tag; the project runs a single Redis.
+"""
+
+import functools
+import logging
+import math
+import secrets
+from dataclasses import dataclass
+from typing import Literal
+
+import redis
+from django.conf import settings
+from redis.commands.core import Script
+
+from config.redis_client import redis_client
+
+from .models import Tenant
+
+logger = logging.getLogger(__name__)
+
+WINDOW_SECONDS = 60
+_UNLIMITED = -1
+
+Scope = Literal["key", "tenant"]
+Kind = Literal["rate", "in_flight"]
+
+# KEYS: key rate log, tenant rate log, key slots, tenant slots.
+# ARGV: the four limits in that order (-1: none), window ms, slot lifetime ms, member.
+# Returns {refused (0 = admitted, 1..4 = the KEYS index of the refusing limit),
+#          retry_after_ms, key_remaining, key_reset_ms, tenant_remaining, tenant_reset_ms}.
+# A concurrency refusal cannot know when a slot frees: it asks for a retry in 1 s.
+_ACQUIRE_LUA = """
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local window = tonumber(ARGV[5])
+local ttl = tonumber(ARGV[6])
+local member = ARGV[7]
+local result = {0, 0, -1, 0, -1, 0}
+local counted = {}
+
+for i = 1, 2 do
+  local limit = tonumber(ARGV[i])
+  if limit >= 0 then
+    redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now - window)
+    local count = redis.call('ZCARD', KEYS[i])
+    if count >= limit then
+      local wait = window
+      if limit > 0 then
+        -- The admission that must leave the window before one more request fits.
+        local blocking = redis.call('ZRANGE', KEYS[i], count - limit, count - limit, 'WITHSCORES')
+        wait = tonumber(blocking[2]) + window - now
+      end
+      return {i, wait, 0, wait, 0, wait}
+    end
+    local reset = window
+    if count > 0 then
+      local oldest = redis.call('ZRANGE', KEYS[i], 0, 0, 'WITHSCORES')
+      reset = tonumber(oldest[2]) + window - now
+    end
+    counted[i] = true
+    result[2 * i + 1] = limit - count - 1
+    result[2 * i + 2] = reset
+  end
+end
+
+for i = 3, 4 do
+  local limit = tonumber(ARGV[i])
+  if limit >= 0 then
+    redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now)
+    if redis.call('ZCARD', KEYS[i]) >= limit then
+      -- Refused: this request takes nothing, so the rate figures exclude it.
+      for j = 1, 2 do
+        if counted[j] then result[2 * j + 1] = result[2 * j + 1] + 1 end
+      end
+      result[1] = i
+      result[2] = 1000
+      return result
+    end
+  end
+end
+
+for i = 1, 2 do
+  if counted[i] then
+    redis.call('ZADD', KEYS[i], now, member)
+    redis.call('PEXPIRE', KEYS[i], window)
+  end
+end
+for i = 3, 4 do
+  if tonumber(ARGV[i]) >= 0 then
+    redis.call('ZADD', KEYS[i], now + ttl, member)
+    redis.call('PEXPIRE', KEYS[i], ttl)
+  end
+end
+return result
+"""
+
+_REFUSALS: dict[int, tuple[Kind, Scope]] = {
+    1: ("rate", "key"),
+    2: ("rate", "tenant"),
+    3: ("in_flight", "key"),
+    4: ("in_flight", "tenant"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What one tenant's keys may do; ``None`` is no limit."""
+
+    key_per_minute: int | None
+    key_in_flight: int | None
+    tenant_per_minute: int | None
+    tenant_in_flight: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class RateState:
+    """The rate limit nearest exhaustion after an admission: the ``RateLimit-*`` headers."""
+
+    limit: int
+    remaining: int
+    reset_seconds: int
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """An admitted request; ``release`` must be called once its response is sent."""
+
+    slot_keys: tuple[str, ...]
+    member: str
+    rate: RateState | None
+
+
+class LimitExceeded(Exception):
+    """A request refused by one limit; ``api/errors.py`` maps it to a 429."""
+
+    def __init__(
+        self,
+        *,
+        kind: Kind,
+        scope: Scope,
+        limit: int,
+        retry_after_seconds: int,
+        rate: RateState | None,
+    ) -> None:
+        self.kind = kind
+        self.scope = scope
+        self.limit = limit
+        self.retry_after_seconds = retry_after_seconds
+        self.rate = rate
+        super().__init__(self.message)
+
+    @property
+    def code(self) -> str:
+        return "rate_limited" if self.kind == "rate" else "concurrency_limited"
+
+    @property
+    def message(self) -> str:
+        who = "this API key" if self.scope == "key" else "your organisation (all keys together)"
+        if self.kind == "rate":
+            what = f"{self.limit} requests per minute"
+        else:
+            what = f"{self.limit} requests in flight"
+        return (
+            f"Limit of {what} for {who} reached; retry in {self.retry_after_seconds} s."
+            if self.limit
+            else f"API calls are disabled for {who}."
+        )
+
+
+def limits_for(tenant: Tenant) -> Limits:
+    """The tenant's tier limits from settings, with its own overrides applied."""
+    tiers = settings.RATE_LIMIT_TIERS
+    tier = tiers.get(tenant.tier)
+    if tier is None:
+        tier = tiers[Tenant.Tier.STANDARD]
+
+    def pick(override: int | None, name: str) -> int | None:
+        return override if override is not None else tier.get(name)
+
+    return Limits(
+        key_per_minute=pick(tenant.limit_key_per_minute, "key_per_minute"),
+        key_in_flight=pick(tenant.limit_key_in_flight, "key_in_flight"),
+        tenant_per_minute=pick(tenant.limit_tenant_per_minute, "tenant_per_minute"),
+        tenant_in_flight=pick(tenant.limit_tenant_in_flight, "tenant_in_flight"),
+    )
+
+
+@functools.cache
+def _acquire_script() -> Script:
+    """Registered once per process: calls go by EVALSHA (redis-py loads it on a miss)."""
+    return redis_client().register_script(_ACQUIRE_LUA)
+
+
+def _redis_keys(*, key_id: int, tenant_id: int) -> tuple[str, str, str, str]:
+    prefix = settings.RATE_LIMIT_KEY_PREFIX
+    return (
+        f"{prefix}:key:{key_id}:rate",
+        f"{prefix}:tenant:{tenant_id}:rate",
+        f"{prefix}:key:{key_id}:slots",
+        f"{prefix}:tenant:{tenant_id}:slots",
+    )
+
+
+def _seconds(milliseconds: int) -> int:
+    return max(1, math.ceil(milliseconds / 1000))
+
+
+def _arg(limit: int | None) -> int:
+    return _UNLIMITED if limit is None else limit
+
+
+def _rate_state(
+    limits: Limits,
+    key_remaining: int,
+    key_reset_ms: int,
+    tenant_remaining: int,
+    tenant_reset_ms: int,
+) -> RateState | None:
+    """The rate limit with the fewest requests left (the IETF draft's advice)."""
+    states = []
+    if limits.key_per_minute is not None:
+        states.append(RateState(limits.key_per_minute, key_remaining, _seconds(key_reset_ms)))
+    if limits.tenant_per_minute is not None:
+        states.append(
+            RateState(limits.tenant_per_minute, tenant_remaining, _seconds(tenant_reset_ms))
+        )
+    return min(states, key=lambda state: state.remaining, default=None)
+
+
+def admit(
+    *,
+    key_id: int,
+    tenant_id: int,
+    limits: Limits,
+    window_ms: int = WINDOW_SECONDS * 1000,
+    slot_ttl_ms: int | None = None,
+) -> Admission:
+    """Admit one request against all four limits at once, or raise ``LimitExceeded``.
+
+    ``window_ms`` and ``slot_ttl_ms`` are parameters so tests can shorten them; the
+    API uses the 60-second window and ``RATE_LIMIT_IN_FLIGHT_TTL_SECONDS``.
+    """
+    ordered = (
+        limits.key_per_minute,
+        limits.tenant_per_minute,
+        limits.key_in_flight,
+        limits.tenant_in_flight,
+    )
+    if all(limit is None for limit in ordered):
+        return Admission(slot_keys=(), member="", rate=None)  # nothing to count: no round trip
+    if slot_ttl_ms is None:
+        slot_ttl_ms = settings.RATE_LIMIT_IN_FLIGHT_TTL_SECONDS * 1000
+    keys = _redis_keys(key_id=key_id, tenant_id=tenant_id)
+    member = secrets.token_hex(8)
+    refused, retry_ms, key_left, key_reset, tenant_left, tenant_reset = _acquire_script()(
+        keys=keys, args=[*(_arg(limit) for limit in ordered), window_ms, slot_ttl_ms, member]
+    )
+    if refused:
+        kind, scope = _REFUSALS[refused]
+        limit = ordered[refused - 1] or 0  # the script only refuses on a limit it was given
+        retry_after = _seconds(retry_ms)
+        if kind == "rate":
+            rate: RateState | None = RateState(limit, 0, retry_after)
+        else:
+            rate = _rate_state(limits, key_left, key_reset, tenant_left, tenant_reset)
+        raise LimitExceeded(
+            kind=kind, scope=scope, limit=limit, retry_after_seconds=retry_after, rate=rate
+        )
+    slot_keys = tuple(
+        name for name, limit in zip(keys[2:], ordered[2:], strict=True) if limit is not None
+    )
+    return Admission(
+        slot_keys=slot_keys,
+        member=member,
+        rate=_rate_state(limits, key_left, key_reset, tenant_left, tenant_reset),
+    )
+
+
+def release(admission: Admission) -> None:
+    """Give the request's in-flight slots back (one round trip).
+
+    Runs after the response was sent. When Redis cannot be reached the slots stay
+    taken until they expire; that is logged, not raised: the caller already has
+    its answer.
+    """
+    if not admission.slot_keys:
+        return
+    try:
+        with redis_client().pipeline(transaction=False) as pipe:
+            for name in admission.slot_keys:
+                pipe.zrem(name, admission.member)
+            pipe.execute()
+    except redis.RedisError:
+        logger.warning(
+            "rate limits: in-flight slots not released; they expire after %s s",
+            settings.RATE_LIMIT_IN_FLIGHT_TTL_SECONDS,
+            exc_info=True,
+        )
