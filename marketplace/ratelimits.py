@@ -16,6 +16,12 @@ and a refused request consumes nothing.
   its expiry passes, so a crash can never hold a slot for longer than
   ``RATE_LIMIT_IN_FLIGHT_TTL_SECONDS``.
 
+Giving slots back costs no round trip of its own while requests keep coming: a
+process queues its releases and the next admission's script call removes them
+first; a flusher thread sends what is still queued after ``RELEASE_FLUSH_SECONDS``
+when no request comes. Until then a slot counts a little longer than its request
+ran, which errs on the safe side.
+
 Redis errors while admitting are not caught here: the API maps them to a fast 503
 in one place. A release that fails is logged; its slots expire as a crash's would.
 The four keys of one call live in different hash slots, so Redis Cluster would need
@@ -25,7 +31,10 @@ them under one hash tag; the project runs a single Redis.
 import functools
 import logging
 import math
+import os
 import secrets
+import threading
+import time
 from dataclasses import dataclass
 from typing import Literal
 
@@ -40,13 +49,17 @@ from .models import Tenant
 logger = logging.getLogger(__name__)
 
 WINDOW_SECONDS = 60
+# How long a queued release may wait for the next admission before it is sent alone.
+RELEASE_FLUSH_SECONDS = 0.05
 _UNLIMITED = -1
 
 Scope = Literal["key", "tenant"]
 Kind = Literal["rate", "in_flight"]
 
-# KEYS: key rate log, tenant rate log, key slots, tenant slots.
-# ARGV: the four limits in that order (-1: none), window ms, slot lifetime ms, member.
+# KEYS: key rate log, tenant rate log, key slots, tenant slots, then the slot sets of
+#       queued releases (any key or tenant).
+# ARGV: the four limits in that order (-1: none), window ms, slot lifetime ms, member,
+#       then the member to remove from each queued release's slot set (KEYS[j] ↔ ARGV[j + 3]).
 # Returns {refused (0 = admitted, 1..4 = the KEYS index of the refusing limit),
 #          retry_after_ms, key_remaining, key_reset_ms, tenant_remaining, tenant_reset_ms}.
 # A concurrency refusal cannot know when a slot frees: it asks for a retry in 1 s.
@@ -58,6 +71,10 @@ local ttl = tonumber(ARGV[6])
 local member = ARGV[7]
 local result = {0, 0, -1, 0, -1, 0}
 local counted = {}
+
+for j = 5, #KEYS do
+  redis.call('ZREM', KEYS[j], ARGV[j + 3])
+end
 
 for i = 1, 2 do
   local limit = tonumber(ARGV[i])
@@ -273,9 +290,21 @@ def admit(
         slot_ttl_ms = settings.RATE_LIMIT_IN_FLIGHT_TTL_SECONDS * 1000
     keys = _redis_keys(key_id=key_id, tenant_id=tenant_id)
     member = secrets.token_hex(8)
-    refused, retry_ms, key_left, key_reset, tenant_left, tenant_reset = _acquire_script()(
-        keys=keys, args=[*(_arg(limit) for limit in ordered), window_ms, slot_ttl_ms, member]
-    )
+    queued = _releases.take()
+    try:
+        refused, retry_ms, key_left, key_reset, tenant_left, tenant_reset = _acquire_script()(
+            keys=[*keys, *(name for name, _ in queued)],
+            args=[
+                *(_arg(limit) for limit in ordered),
+                window_ms,
+                slot_ttl_ms,
+                member,
+                *(queued_member for _, queued_member in queued),
+            ],
+        )
+    except redis.RedisError:
+        _releases.put_back(queued)
+        raise
     if refused:
         kind, scope = _REFUSALS[refused]
         limit = ordered[refused - 1] or 0  # the script only refuses on a limit it was given
@@ -298,22 +327,78 @@ def admit(
 
 
 def release(admission: Admission) -> None:
-    """Give the request's in-flight slots back (one round trip).
+    """Give the request's in-flight slots back, after its response was sent.
 
-    Runs after the response was sent. When Redis cannot be reached the slots stay
-    taken until they expire; that is logged, not raised: the caller already has
-    its answer.
+    Queued for the next admission's script call (or the flusher), so it costs the
+    request no round trip of its own.
     """
-    if not admission.slot_keys:
-        return
-    try:
-        with redis_client().pipeline(transaction=False) as pipe:
-            for name in admission.slot_keys:
-                pipe.zrem(name, admission.member)
-            pipe.execute()
-    except redis.RedisError:
-        logger.warning(
-            "rate limits: in-flight slots not released; they expire after %s s",
-            settings.RATE_LIMIT_IN_FLIGHT_TTL_SECONDS,
-            exc_info=True,
-        )
+    if admission.slot_keys:
+        _releases.add([(name, admission.member) for name in admission.slot_keys])
+
+
+def releases_flush() -> None:
+    """Send every queued release now (the flusher thread; tests; shutdown)."""
+    _releases.flush()
+
+
+class _ReleaseQueue:
+    """This process's released slots, waiting to ride on the next admission.
+
+    A daemon thread, started on first use in each process (granian forks its
+    workers), sends whatever is still queued ``RELEASE_FLUSH_SECONDS`` after a
+    release, so an idle process never keeps slots taken. When Redis cannot be
+    reached the slots stay taken until they expire; that is logged, not raised:
+    the callers already have their answers.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pending: list[tuple[str, str]] = []
+        self._wake = threading.Event()
+        self._flusher_pid = 0
+
+    def add(self, pairs: list[tuple[str, str]]) -> None:
+        with self._lock:
+            self._pending.extend(pairs)
+            if self._flusher_pid != os.getpid():
+                self._flusher_pid = os.getpid()
+                threading.Thread(target=self._run, name="ratelimit-release", daemon=True).start()
+        self._wake.set()
+
+    def take(self) -> list[tuple[str, str]]:
+        with self._lock:
+            taken, self._pending = self._pending, []
+        return taken
+
+    def put_back(self, pairs: list[tuple[str, str]]) -> None:
+        if pairs:
+            with self._lock:
+                self._pending[:0] = pairs
+            self._wake.set()
+
+    def flush(self) -> None:
+        pairs = self.take()
+        if not pairs:
+            return
+        try:
+            with redis_client().pipeline(transaction=False) as pipe:
+                for name, member in pairs:
+                    pipe.zrem(name, member)
+                pipe.execute()
+        except redis.RedisError:
+            logger.warning(
+                "rate limits: %d in-flight slots not released; they expire after %s s",
+                len(pairs),
+                settings.RATE_LIMIT_IN_FLIGHT_TTL_SECONDS,
+                exc_info=True,
+            )
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            time.sleep(RELEASE_FLUSH_SECONDS)
+            self.flush()
+
+
+_releases = _ReleaseQueue()

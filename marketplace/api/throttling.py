@@ -5,8 +5,8 @@ after authentication and permissions, and only for requests made with an API key
 views without authentication (health, liveness, the schema) are never limited.
 ``RateLimitMiddleware`` then writes the ``RateLimit-*`` headers on the response and
 gives the in-flight slots back once the response has been sent (in the response's
-``close()``, which the WSGI server calls after the last byte), so the release adds
-nothing to the caller's wait.
+``close()``, which the WSGI server calls after the last byte); the release is queued
+and rides on the process's next admission, so it adds nothing to anyone's wait.
 """
 
 from collections.abc import Callable

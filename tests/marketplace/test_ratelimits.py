@@ -124,8 +124,41 @@ def test_in_flight_refuses_until_a_slot_is_released(rl_prefix):
     assert refusal.rate == ratelimits.RateState(100, 98, refusal.rate.reset_seconds)
 
     ratelimits.release(first)
-    assert redis_client().zcard(f"{rl_prefix}:key:1:slots") == 1
+    # The release rides on the next admission's script call, which it makes room for.
     ratelimits.admit(key_id=1, tenant_id=1, limits=limits)
+    assert redis_client().zcard(f"{rl_prefix}:key:1:slots") == 2
+    _refusal(key_id=1, tenant_id=1, limits=limits)
+
+
+def test_a_release_with_no_request_after_it_is_sent_by_the_flusher(rl_prefix):
+    limits = _limits(key_in_flight=1, tenant_in_flight=1)
+    held = ratelimits.admit(key_id=5, tenant_id=5, limits=limits)
+    ratelimits.release(held)
+    slots = (f"{rl_prefix}:key:5:slots", f"{rl_prefix}:tenant:5:slots")
+    deadline = time.monotonic() + 2
+    while any(redis_client().zcard(name) for name in slots) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert [redis_client().zcard(name) for name in slots] == [0, 0]
+
+
+def test_a_failed_admission_loses_no_queued_release(rl_prefix, monkeypatch):
+    """An admission that takes the queued releases and then meets a Redis error must
+    queue them again, or their slots would stay taken until they expire."""
+    limits = _limits(key_in_flight=1)
+    held = ratelimits.admit(key_id=6, tenant_id=6, limits=limits)
+    ratelimits.release(held)
+
+    def broken() -> object:
+        raise redis.ConnectionError("down")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(ratelimits, "_acquire_script", broken)
+        with pytest.raises(redis.ConnectionError):
+            ratelimits.admit(key_id=7, tenant_id=7, limits=limits)
+    deadline = time.monotonic() + 2
+    while redis_client().zcard(f"{rl_prefix}:key:6:slots") and time.monotonic() < deadline:
+        time.sleep(0.01)
+    ratelimits.admit(key_id=6, tenant_id=6, limits=limits)
 
 
 def test_tenant_in_flight_counts_every_key_of_the_tenant():
@@ -266,6 +299,7 @@ def test_in_flight_slots_are_released_after_each_response(world, rl_prefix):
     _set_limits(world.tenant, limit_key_in_flight=1, limit_tenant_in_flight=1)
     statuses = [world.api.get("/v1/me").status_code for _ in range(3)]
     assert statuses == [200, 200, 200]
+    ratelimits.releases_flush()
     assert redis_client().zcard(f"{rl_prefix}:key:{world.key.pk}:slots") == 0
     assert redis_client().zcard(f"{rl_prefix}:tenant:{world.tenant.pk}:slots") == 0
 
