@@ -50,7 +50,7 @@ class PortalTenantMiddleware:
         request.membership = None  # type: ignore[attr-defined]
         request.tenant = None  # type: ignore[attr-defined]
         user = getattr(request, "user", None)
-        if user is not None and user.is_authenticated and not _is_api_path(request.path):
+        if user is not None and user.is_authenticated and not is_api_path(request.path):
             membership = membership_for_portal(
                 user=user, tenant_id=request.session.get("tenant_id")
             )
@@ -61,5 +61,5 @@ class PortalTenantMiddleware:
         return self.get_response(request)
 
 
-def _is_api_path(path: str) -> bool:
+def is_api_path(path: str) -> bool:
     return path.startswith(("/v1/", "/v2/", "/api/"))

@@ -35,6 +35,24 @@ class ContentSecurityPolicyMiddleware(CSPMiddleware):
     (Swagger UI) belong to a library, so the additions are keyed by path instead.
     """
 
+    # The key-authenticated API answers JSON, never a document to render: a fixed
+    # policy that allows nothing, not one built per request on the inference hot path.
+    # (/api/docs/ is Swagger UI's page and keeps the full policy.)
+    API_PREFIXES = ("/v1/", "/v2/")
+    API_POLICY = "default-src 'none'; frame-ancestors 'none'"
+
+    def process_request(self, request: HttpRequest) -> None:
+        if not request.path_info.startswith(self.API_PREFIXES):
+            super().process_request(request)
+
+    def process_response(
+        self, request: HttpRequest, response: HttpResponseBase
+    ) -> HttpResponseBase:
+        if request.path_info.startswith(self.API_PREFIXES):
+            response.headers.setdefault("Content-Security-Policy", self.API_POLICY)
+            return response
+        return super().process_response(request, response)
+
     def get_policy_parts(
         self, request: HttpRequest, response: HttpResponseBase, report_only: bool = False
     ) -> PolicyParts:

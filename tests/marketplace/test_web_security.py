@@ -126,6 +126,15 @@ def _directives(header: str) -> dict[str, str]:
     }
 
 
+API_CSP = "default-src 'none'; frame-ancestors 'none'"
+
+
+def test_api_answers_carry_a_policy_that_allows_nothing(world):
+    for response in (world.api.get("/v1/me"), world.api.get("/v1/no-such-route/")):
+        assert response["Content-Security-Policy"] == API_CSP
+        assert response["X-Frame-Options"] == "DENY"
+
+
 def test_every_html_page_has_the_strict_policy_and_no_inline_script_or_style(staff_owner):
     """Every route, as a staff owner: the CSP header allows no inline code, the page
     cannot be framed, and the HTML has no inline script, style or event handler."""
@@ -136,9 +145,12 @@ def test_every_html_page_has_the_strict_policy_and_no_inline_script_or_style(sta
         response = staff_owner.get(path)
         if "text/html" not in response.get("Content-Type", ""):
             continue
-        directives = _directives(response["Content-Security-Policy"])
-        for name, value in STRICT_CSP.items():
-            assert directives[name] == value, (path, name, directives.get(name))
+        if path.startswith(("/v1/", "/v2/")):  # the API's fixed allow-nothing policy
+            assert response["Content-Security-Policy"] == API_CSP, path
+        else:
+            directives = _directives(response["Content-Security-Policy"])
+            for name, value in STRICT_CSP.items():
+                assert directives[name] == value, (path, name, directives.get(name))
         assert response["X-Frame-Options"] == "DENY", path
         html = response.content.decode()
         assert not INLINE_SCRIPT.search(html), (path, INLINE_SCRIPT.search(html))
