@@ -14,6 +14,10 @@ What must stay true:
   PostgreSQL, so a revocation is never missed because Redis is down.
 - Expiry is checked on every request against the cached ``expires_at``; it needs
   no invalidation.
+
+The epoch need not cost a round trip of its own: authentication may take a cached
+entry with ``key_peek`` and read the epoch together with the rate-limit admission
+(one Lua call), trusting the entry only if ``epoch_current`` says it still holds.
 """
 
 import logging
@@ -35,13 +39,30 @@ _MAX_ENTRIES = 10_000
 
 
 @dataclass(frozen=True, slots=True)
-class _Entry:
+class CachedKey:
     key: ApiKey
     epoch: bytes
     loaded_at: float
 
 
-_entries: dict[str, _Entry] = {}
+_entries: dict[str, CachedKey] = {}
+
+
+def key_peek(public_id: str) -> CachedKey | None:
+    """This process's entry for ``public_id`` if not past ``API_KEY_CACHE_SECONDS``.
+
+    Not yet to be trusted: the caller reads the epoch (``EPOCH_KEY``) and checks it
+    with ``epoch_current``, or falls back to ``key_get``.
+    """
+    entry = _entries.get(public_id)
+    if entry is None or time.monotonic() - entry.loaded_at >= settings.API_KEY_CACHE_SECONDS:
+        return None
+    return entry
+
+
+def epoch_current(entry: CachedKey, epoch_read: bytes | None) -> bool:
+    """Whether ``entry`` is still valid under the epoch just read (``None``: no key yet)."""
+    return entry.epoch == (epoch_read if epoch_read is not None else b"0")
 
 
 def _epoch_read() -> bytes | None:
@@ -69,7 +90,7 @@ def key_get(public_id: str) -> ApiKey | None:
     if key is not None and epoch is not None:
         if len(_entries) >= _MAX_ENTRIES:
             _entries.clear()
-        _entries[public_id] = _Entry(key=key, epoch=epoch, loaded_at=now)
+        _entries[public_id] = CachedKey(key=key, epoch=epoch, loaded_at=now)
     return key
 
 

@@ -56,12 +56,13 @@ _UNLIMITED = -1
 Scope = Literal["key", "tenant"]
 Kind = Literal["rate", "in_flight"]
 
-# KEYS: key rate log, tenant rate log, key slots, tenant slots, then the slot sets of
-#       queued releases (any key or tenant).
+# KEYS: key rate log, tenant rate log, key slots, tenant slots, then (ARGV[8] = 1) a
+#       string key to read, then the slot sets of queued releases (any key or tenant).
 # ARGV: the four limits in that order (-1: none), window ms, slot lifetime ms, member,
-#       then the member to remove from each queued release's slot set (KEYS[j] ↔ ARGV[j + 3]).
+#       reads (0 or 1), then the member to remove from each queued release's slot set.
 # Returns {refused (0 = admitted, 1..4 = the KEYS index of the refusing limit),
-#          retry_after_ms, key_remaining, key_reset_ms, tenant_remaining, tenant_reset_ms}.
+#          retry_after_ms, key_remaining, key_reset_ms, tenant_remaining, tenant_reset_ms,
+#          the read key's value (nil when absent or not asked for)}.
 # A concurrency refusal cannot know when a slot frees: it asks for a retry in 1 s.
 _ACQUIRE_LUA = """
 local clock = redis.call('TIME')
@@ -69,11 +70,14 @@ local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 local window = tonumber(ARGV[5])
 local ttl = tonumber(ARGV[6])
 local member = ARGV[7]
-local result = {0, 0, -1, 0, -1, 0}
+local reads = tonumber(ARGV[8])
+local value = false
+if reads == 1 then value = redis.call('GET', KEYS[5]) end
+local result = {0, 0, -1, 0, -1, 0, value}
 local counted = {}
 
-for j = 5, #KEYS do
-  redis.call('ZREM', KEYS[j], ARGV[j + 3])
+for j = 5 + reads, #KEYS do
+  redis.call('ZREM', KEYS[j], ARGV[j + 4 - reads])
 end
 
 for i = 1, 2 do
@@ -88,7 +92,7 @@ for i = 1, 2 do
         local blocking = redis.call('ZRANGE', KEYS[i], count - limit, count - limit, 'WITHSCORES')
         wait = tonumber(blocking[2]) + window - now
       end
-      return {i, wait, 0, wait, 0, wait}
+      return {i, wait, 0, wait, 0, wait, value}
     end
     local reset = window
     if count > 0 then
@@ -166,6 +170,8 @@ class Admission:
     slot_keys: tuple[str, ...]
     member: str
     rate: RateState | None
+    #: The value of ``admit(read=...)``'s key, read in the same round trip.
+    read_value: bytes | None = None
 
 
 class LimitExceeded(Exception):
@@ -179,7 +185,9 @@ class LimitExceeded(Exception):
         limit: int,
         retry_after_seconds: int,
         rate: RateState | None,
+        read_value: bytes | None = None,
     ) -> None:
+        self.read_value = read_value
         self.kind = kind
         self.scope = scope
         self.limit = limit
@@ -265,6 +273,19 @@ def _rate_state(
     return min(states, key=lambda state: state.remaining, default=None)
 
 
+def limited(limits: Limits) -> bool:
+    """Whether any of the four limits applies (else ``admit`` sends nothing)."""
+    return any(
+        limit is not None
+        for limit in (
+            limits.key_per_minute,
+            limits.tenant_per_minute,
+            limits.key_in_flight,
+            limits.tenant_in_flight,
+        )
+    )
+
+
 def admit(
     *,
     key_id: int,
@@ -272,8 +293,13 @@ def admit(
     limits: Limits,
     window_ms: int = WINDOW_SECONDS * 1000,
     slot_ttl_ms: int | None = None,
+    read: str | None = None,
 ) -> Admission:
     """Admit one request against all four limits at once, or raise ``LimitExceeded``.
+
+    ``read`` names a Redis string to read in the same round trip (authentication
+    checks its key-cache epoch this way); its value comes back on the admission or
+    the refusal. With no limit at all nothing is sent, so ``read`` is not read.
 
     ``window_ms`` and ``slot_ttl_ms`` are parameters so tests can shorten them; the
     API uses the 60-second window and ``RATE_LIMIT_IN_FLIGHT_TTL_SECONDS``.
@@ -292,15 +318,18 @@ def admit(
     member = secrets.token_hex(8)
     queued = _releases.take()
     try:
-        refused, retry_ms, key_left, key_reset, tenant_left, tenant_reset = _acquire_script()(
-            keys=[*keys, *(name for name, _ in queued)],
-            args=[
-                *(_arg(limit) for limit in ordered),
-                window_ms,
-                slot_ttl_ms,
-                member,
-                *(queued_member for _, queued_member in queued),
-            ],
+        (refused, retry_ms, key_left, key_reset, tenant_left, tenant_reset, read_value) = (
+            _acquire_script()(
+                keys=[*keys, *([read] if read else []), *(name for name, _ in queued)],
+                args=[
+                    *(_arg(limit) for limit in ordered),
+                    window_ms,
+                    slot_ttl_ms,
+                    member,
+                    1 if read else 0,
+                    *(queued_member for _, queued_member in queued),
+                ],
+            )
         )
     except redis.RedisError:
         _releases.put_back(queued)
@@ -314,7 +343,12 @@ def admit(
         else:
             rate = _rate_state(limits, key_left, key_reset, tenant_left, tenant_reset)
         raise LimitExceeded(
-            kind=kind, scope=scope, limit=limit, retry_after_seconds=retry_after, rate=rate
+            kind=kind,
+            scope=scope,
+            limit=limit,
+            retry_after_seconds=retry_after,
+            rate=rate,
+            read_value=read_value,
         )
     slot_keys = tuple(
         name for name, limit in zip(keys[2:], ordered[2:], strict=True) if limit is not None
@@ -323,6 +357,7 @@ def admit(
         slot_keys=slot_keys,
         member=member,
         rate=_rate_state(limits, key_left, key_reset, tenant_left, tenant_reset),
+        read_value=read_value,
     )
 
 

@@ -15,7 +15,8 @@ from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication
 from rest_framework.request import Request
 
-from marketplace import keycache, keys
+from marketplace import keycache, keys, ratelimits
+from marketplace.api import throttling
 from marketplace.logging import tenant_id_var
 from marketplace.models import ApiKey, Tenant
 
@@ -67,7 +68,7 @@ class ApiKeyAuthentication(BaseAuthentication):
         parsed = keys.token_parse(raw.strip())
         if parsed is None:
             raise KeyInvalid("Malformed API key.")
-        key = keycache.key_get(parsed.public_id)
+        key = _cached_and_admitted(request, parsed) or keycache.key_get(parsed.public_id)
         if key is None or not keys.token_matches(parsed.token, key.secret_hash):
             raise KeyInvalid("Unknown API key.")
         if key.revoked_at is not None:
@@ -83,6 +84,46 @@ class ApiKeyAuthentication(BaseAuthentication):
 
     def authenticate_header(self, request: Request) -> str:
         return 'Bearer realm="api"'
+
+
+def _cached_and_admitted(request: Request, parsed: keys.ParsedToken) -> ApiKey | None:
+    """The cached key, admitted under its rate limits, with one Redis round trip.
+
+    A cached key must be confirmed by the key-cache epoch, and the request must be
+    admitted by the rate limiter: both live in Redis, so the admission script reads
+    the epoch too (``ratelimits.admit(read=...)``). Only a key that is usable as
+    cached (right secret, not revoked, expired or suspended) is admitted, so a wrong
+    secret never counts against the key's limits. ``None`` when the shortcut does not
+    apply — no usable entry, no limits, or the epoch moved (then the admission is
+    given back and the request takes the ordinary path: ``key_get``, then the
+    throttle).
+    """
+    entry = keycache.key_peek(parsed.public_id)
+    if entry is None or not keys.token_matches(parsed.token, entry.key.secret_hash):
+        return None
+    key = entry.key
+    if key.revoked_at is not None or key.tenant.is_suspended:
+        return None
+    if key.expires_at is not None and key.expires_at <= timezone.now():
+        return None
+    limits = ratelimits.limits_for(key.tenant)
+    if not ratelimits.limited(limits):
+        return None
+    http_request = request._request
+    try:
+        admission = ratelimits.admit(
+            key_id=key.pk, tenant_id=key.tenant_id, limits=limits, read=keycache.EPOCH_KEY
+        )
+    except ratelimits.LimitExceeded as refusal:
+        if not keycache.epoch_current(entry, refusal.read_value):
+            return None
+        throttling.refusal_record(http_request, refusal)
+        return key
+    if not keycache.epoch_current(entry, admission.read_value):
+        ratelimits.release(admission)
+        return None
+    throttling.admission_record(http_request, admission)
+    return key
 
 
 def _last_used_touch(key: ApiKey) -> None:

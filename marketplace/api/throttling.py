@@ -35,6 +35,12 @@ class ApiKeyRateLimit(BaseThrottle):
         if not isinstance(key, ApiKey):
             return True
         http_request = request._request
+        # Authentication may have admitted it already, in its own Redis round trip.
+        refused: ratelimits.LimitExceeded | None = getattr(http_request, _REFUSAL_ATTR, None)
+        if refused is not None:
+            raise refused
+        if getattr(http_request, _ADMISSION_ATTR, None) is not None:
+            return True
         try:
             admission = ratelimits.admit(
                 key_id=key.pk,
@@ -46,6 +52,17 @@ class ApiKeyRateLimit(BaseThrottle):
             raise
         setattr(http_request, _ADMISSION_ATTR, admission)
         return True
+
+
+def admission_record(http_request: HttpRequest, admission: ratelimits.Admission) -> None:
+    """An admission made during authentication: the throttle lets the request through,
+    the middleware writes its headers and gives its slots back."""
+    setattr(http_request, _ADMISSION_ATTR, admission)
+
+
+def refusal_record(http_request: HttpRequest, refusal: ratelimits.LimitExceeded) -> None:
+    """A refusal decided during authentication: the throttle raises it."""
+    setattr(http_request, _REFUSAL_ATTR, refusal)
 
 
 def _headers_set(response: HttpResponseBase, rate: ratelimits.RateState | None) -> None:

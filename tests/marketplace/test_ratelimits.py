@@ -17,7 +17,7 @@ from django.test import Client
 from rest_framework.test import APIClient
 
 from config.redis_client import redis_client
-from marketplace import ratelimits, services
+from marketplace import keycache, ratelimits, services
 from marketplace.models import AuditEvent, Tenant
 from marketplace.ratelimits import LimitExceeded, Limits
 from tests.factories import UserFactory, api_key_make
@@ -387,3 +387,39 @@ def test_the_schema_documents_429_and_the_headers(world):
     }
     assert "RateLimit-Remaining" in me["200"]["headers"]
     assert "429" not in schema["paths"]["/v1/health/live"]["get"]["responses"]
+
+
+@pytest.mark.django_db
+def test_a_cached_key_is_confirmed_and_admitted_in_one_round_trip(world, monkeypatch):
+    _set_limits(world.tenant, limit_key_per_minute=5)
+    assert world.api.get("/v1/me").status_code == 200  # caches the key
+
+    def no_separate_epoch_read() -> bytes | None:
+        raise AssertionError("the epoch must come with the admission")
+
+    monkeypatch.setattr(keycache, "_epoch_read", no_separate_epoch_read)
+    response = world.api.get("/v1/me")
+    assert response.status_code == 200
+    assert response.headers["RateLimit-Remaining"] == "3"  # admitted once, not twice
+
+
+@pytest.mark.django_db
+def test_a_wrong_secret_for_a_cached_key_is_401_and_counts_nothing(world, rl_prefix):
+    _set_limits(world.tenant, limit_key_per_minute=5)
+    assert world.api.get("/v1/me").status_code == 200  # caches the key
+    forged = APIClient()
+    forged.credentials(HTTP_AUTHORIZATION=f"Bearer cango_sk_{world.key.public_id}_{'x' * 43}")
+    assert forged.get("/v1/me").status_code == 401
+    assert redis_client().zcard(f"{rl_prefix}:key:{world.key.pk}:rate") == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_revocation_elsewhere_is_seen_by_the_shared_round_trip(world, rl_prefix):
+    _set_limits(world.tenant, limit_key_in_flight=3)
+    assert world.api.get("/v1/me").status_code == 200  # caches the key
+    stale = keycache._entries[world.key.public_id]
+    services.api_key_revoke(key=world.key, actor=None)  # commits: bumps the epoch
+    keycache._entries[world.key.public_id] = stale  # as if revoked in another process
+    assert world.api.get("/v1/me").status_code == 401
+    ratelimits.releases_flush()
+    assert redis_client().zcard(f"{rl_prefix}:key:{world.key.pk}:slots") == 0
