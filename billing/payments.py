@@ -17,6 +17,8 @@ from django.db import transaction
 from django.db.models import Sum
 from django.utils import timezone
 
+from marketplace.services import audit_record
+
 from . import ledger, money, stripe_gateway
 from .models import CreditAccount, Invoice, LedgerEntry, Purchase, StripeEvent
 
@@ -150,13 +152,24 @@ def _charge_refunded(charge: dict[str, Any]) -> None:
     for refund in refunds:
         if refund.get("status") not in (None, "succeeded", "pending"):
             continue
-        ledger.entry_book(
+        _, booked = ledger.entry_book(
             tenant_id=purchase.tenant_id,
             kind=LedgerEntry.Kind.REFUND,
             source=f"refund:{refund['id']}",
             amount_micros=-money.cents_to_micros(int(refund["amount"])),
             reason=f"Refund of purchase {purchase.pk}",
         )
+        if booked:
+            # Whoever asked (staff in the admin, or someone in Stripe's dashboard), the
+            # credit leaves the account here: the audit log shows it once, from Stripe.
+            audit_record(
+                action="credit.refund_booked",
+                actor=None,
+                actor_label="stripe",
+                target=purchase,
+                tenant=purchase.tenant,
+                metadata={"amount_cents": int(refund["amount"]), "stripe_refund": refund["id"]},
+            )
 
 
 def _stamp(value: int | None) -> datetime:

@@ -20,7 +20,7 @@ from django.test import Client
 
 from billing import ledger, metering, money, payments
 from billing.models import CreditAccount, Invoice, LedgerEntry, Purchase, StripeEvent, UsageRecord
-from marketplace.models import Tenant, User
+from marketplace.models import AuditEvent, Tenant, User
 from tests.integration.conftest import STRIPE_WEBHOOK_SECRET, funded_tenant, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
@@ -164,6 +164,8 @@ def test_refund_is_booked_once_from_its_webhook(stripe_webhooks, registered):
     refunds = LedgerEntry.objects.filter(tenant=tenant, kind="refund")
     assert [e.amount_micros for e in refunds] == [-4_000_000]
     assert CreditAccount.objects.get(tenant=tenant).balance_micros == 6_000_000
+    booked = AuditEvent.objects.filter(tenant=tenant, action="credit.refund_booked")
+    assert [(e.actor_label, e.metadata["amount_cents"]) for e in booked] == [("stripe", 400)]
 
 
 def _signup_and_key(web_client: Client) -> tuple[Tenant, str]:
