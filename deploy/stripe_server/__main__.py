@@ -85,10 +85,10 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     logging.getLogger("deploy.stripe_server").info(
-        "Stripe test server on %s (webhooks: %s, secret %s)",
+        "Stripe test server on %s (webhooks: %s, signed: %s)",
         server.url,
         args.webhook_url or "off",
-        server.webhook_secret or "-",
+        "yes" if server.webhook_secret else "no",  # never the secret itself in a log
     )
     server.serve_forever()
     return 0
