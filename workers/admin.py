@@ -2,6 +2,7 @@
 
 from typing import ClassVar
 
+from django import forms
 from django.contrib import admin, messages
 from django.db.models import Model, QuerySet
 from django.http import HttpRequest
@@ -47,9 +48,42 @@ class SiteAdmin(AuditedModelAdmin[Site]):
         self._set(request, queryset, Site.Status.OFFLINE)
 
 
+class _WriteOnlyField(forms.CharField):
+    """Changed only when something was typed: a blank box means "keep"."""
+
+    def has_changed(self, initial: object, data: object) -> bool:
+        return bool(data)
+
+
+class TritonServerForm(forms.ModelForm[TritonServer]):
+    """The server's auth header is write-only: never shown again once saved."""
+
+    auth_header = _WriteOnlyField(
+        required=False,
+        max_length=500,
+        widget=forms.PasswordInput(render_value=False),
+        help_text="'Header-Name: value' sent with every call. Never shown again; leave "
+        "blank to keep the current one.",
+    )
+    auth_header_clear = forms.BooleanField(required=False, label="Remove the auth header")
+
+    class Meta:
+        model = TritonServer
+        fields = ("site", "name", "http_url", "grpc_url", "metrics_url", "auth_header", "enabled")
+
+    def clean(self) -> dict[str, object]:
+        data = super().clean() or {}
+        if data.get("auth_header_clear"):
+            data["auth_header"] = ""
+        elif not data.get("auth_header"):
+            data["auth_header"] = self.instance.auth_header
+        return data
+
+
 @admin.register(TritonServer)
 class TritonServerAdmin(AuditedModelAdmin[TritonServer]):
     audit_name = "server"
+    form = TritonServerForm
     list_display = ("__str__", "http_url", "enabled")
     list_filter = ("enabled", "site")
     list_select_related = ("site",)

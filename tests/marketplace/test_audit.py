@@ -202,6 +202,21 @@ def test_server_auth_header_change_is_audited_without_its_value(staff, staff_cli
     assert "hunter2" not in text
 
 
+def test_server_auth_header_is_write_only_in_the_admin(staff_client, site):
+    server = TritonServer.objects.get(name="triton-1")
+    url = f"/admin/workers/tritonserver/{server.pk}/change/"
+    assert "hunter2" not in staff_client.get(url).content.decode()
+    data = {**_admin_page_data(staff_client, url), "auth_header": ""}
+    before = _last_id()
+    assert staff_client.post(url, data).status_code == 302  # blank: kept, nothing changed
+    server.refresh_from_db()
+    assert server.auth_header == "X-K: hunter2"
+    assert _last_id() == before
+    assert staff_client.post(url, {**data, "auth_header_clear": "on"}).status_code == 302
+    server.refresh_from_db()
+    assert server.auth_header == ""
+
+
 def test_deployment_edit_and_delete_are_audited(staff, staff_client, site):
     deployment = Deployment.objects.get()
     url = f"/admin/workers/deployment/{deployment.pk}/change/"
