@@ -1,3 +1,5 @@
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -5,6 +7,7 @@ from rest_framework.test import APIClient
 
 from billing import ledger
 from billing.models import LedgerEntry
+from config.redis_client import redis_client
 from marketplace import catalog, keycache
 from marketplace.models import ApiKey, Membership, Tenant, User
 from tests.factories import MembershipFactory, api_key_make
@@ -20,6 +23,30 @@ def _process_caches_cleared() -> None:
     catalog.cache_clear()
     routing.reset()
     keycache._entries.clear()
+
+
+# Tests whose Celery workers and beat (real processes) write the real site-health key.
+_SHARED_HEALTH_DIRS = ("integration", "browser")
+
+
+@pytest.fixture(autouse=True)
+def _health_key_private(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[None]:
+    """Every other test gets a site-health key of its own.
+
+    The integration and browser fixtures keep Celery beat running for the rest of the
+    session, and its health check rewrites the shared key every 2 s (delete, then
+    write what *its* database shows); a unit test that wrote health there could lose
+    it between writing and reading.
+    """
+    if request.node.path.parent.name in _SHARED_HEALTH_DIRS:
+        yield
+        return
+    key = f"test-health:{uuid.uuid4().hex}"
+    monkeypatch.setattr(routing, "HEALTH_KEY", key)
+    yield
+    redis_client().delete(key)
 
 
 @dataclass
