@@ -38,6 +38,8 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "allauth",
     "allauth.account",
+    "allauth.mfa",
+    "csp",
     "marketplace",
     "billing",
     "workers",
@@ -49,6 +51,7 @@ MIDDLEWARE = [
     "observability.middleware.RequestMetricsMiddleware",
     "marketplace.middleware.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    "marketplace.security.ContentSecurityPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -60,6 +63,8 @@ MIDDLEWARE = [
     "marketplace.middleware.PortalTenantMiddleware",
     # API rate limits: RateLimit-* headers, in-flight slots released after the response.
     "marketplace.api.throttling.RateLimitMiddleware",
+    # After allauth's: staff must have enrolled and used a second factor.
+    "marketplace.security.StaffMfaMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -431,14 +436,7 @@ CELERY_TASK_PUBLISH_RETRY_POLICY = {
 }
 
 # ---- Security: login throttling, two-factor, Content-Security-Policy --------------
-# Kept in one block so the other hardening work merges around it. README "Security".
-INSTALLED_APPS += ["allauth.mfa", "csp"]
-MIDDLEWARE.insert(
-    MIDDLEWARE.index("django.middleware.security.SecurityMiddleware") + 1,
-    "marketplace.security.ContentSecurityPolicyMiddleware",
-)
-# After allauth's middleware: staff must have enrolled and used a second factor.
-MIDDLEWARE.append("marketplace.security.StaffMfaMiddleware")
+# (apps and middleware are in the lists at the top). README "Security".
 
 # django-allauth's limits live in the Django cache (Redis), so they hold across every
 # web process. A sliding window per action; "key" is the e-mail address tried.
