@@ -68,17 +68,8 @@ class ApiKeyAuthentication(BaseAuthentication):
         parsed = keys.token_parse(raw.strip())
         if parsed is None:
             raise KeyInvalid("Malformed API key.")
-        key = _cached_and_admitted(request, parsed) or keycache.key_get(parsed.public_id)
-        if key is None or not keys.token_matches(parsed.token, key.secret_hash):
-            raise KeyInvalid("Unknown API key.")
-        if key.revoked_at is not None:
-            raise KeyInvalid("This API key has been revoked.")
-        now = timezone.now()
-        if key.expires_at is not None and key.expires_at <= now:
-            raise KeyInvalid("This API key has expired.")
+        key = _cached_and_admitted(request, parsed) or _key_loaded(parsed)
         tenant_id_var.set(str(key.tenant_id))
-        if key.tenant.is_suspended:
-            raise TenantSuspended()
         _last_used_touch(key)
         return ApiKeyPrincipal(key), key
 
@@ -86,8 +77,37 @@ class ApiKeyAuthentication(BaseAuthentication):
         return 'Bearer realm="api"'
 
 
+_UNKNOWN_KEY = "Unknown API key."
+
+
+def _refusal(parsed: keys.ParsedToken, key: ApiKey) -> exceptions.APIException | None:
+    """Why ``key`` cannot authenticate a request bearing ``parsed``, or ``None``."""
+    if not keys.token_matches(parsed.token, key.secret_hash):
+        return KeyInvalid(_UNKNOWN_KEY)
+    if key.revoked_at is not None:
+        return KeyInvalid("This API key has been revoked.")
+    if key.expires_at is not None and key.expires_at <= timezone.now():
+        return KeyInvalid("This API key has expired.")
+    if key.tenant.is_suspended:
+        return TenantSuspended()
+    return None
+
+
+def _key_loaded(parsed: keys.ParsedToken) -> ApiKey:
+    """The key through ``keycache.key_get`` (epoch read, then cache or database), vetted."""
+    key = keycache.key_get(parsed.public_id)
+    if key is None:
+        raise KeyInvalid(_UNKNOWN_KEY)
+    refusal = _refusal(parsed, key)
+    if refusal is not None:
+        if isinstance(refusal, TenantSuspended):
+            tenant_id_var.set(str(key.tenant_id))  # the refusal's log line names it
+        raise refusal
+    return key
+
+
 def _cached_and_admitted(request: Request, parsed: keys.ParsedToken) -> ApiKey | None:
-    """The cached key, admitted under its rate limits, with one Redis round trip.
+    """The cached key, vetted and admitted under its rate limits, in one Redis round trip.
 
     A cached key must be confirmed by the key-cache epoch, and the request must be
     admitted by the rate limiter: both live in Redis, so the admission script reads
@@ -99,13 +119,9 @@ def _cached_and_admitted(request: Request, parsed: keys.ParsedToken) -> ApiKey |
     throttle).
     """
     entry = keycache.key_peek(parsed.public_id)
-    if entry is None or not keys.token_matches(parsed.token, entry.key.secret_hash):
+    if entry is None or _refusal(parsed, entry.key) is not None:
         return None
     key = entry.key
-    if key.revoked_at is not None or key.tenant.is_suspended:
-        return None
-    if key.expires_at is not None and key.expires_at <= timezone.now():
-        return None
     limits = ratelimits.limits_for(key.tenant)
     if not ratelimits.limited(limits):
         return None
