@@ -190,10 +190,12 @@ class BillingSettingsForm(forms.Form):
         )
 
 
-class LedgerExportForm(forms.Form):
-    """The period of a CSV export: UTC days, ``end`` excluded; at most ``MAX_DAYS`` long."""
+class DayPeriodForm(forms.Form):
+    """A period of UTC days, ``end`` excluded; at most ``MAX_DAYS`` long."""
 
     MAX_DAYS = 366
+    #: What the period is for, in the too-long error ("Export at most 366 days…").
+    VERB = "Export"
 
     start = forms.DateField(
         label="From",
@@ -214,8 +216,12 @@ class LedgerExportForm(forms.Form):
             if end <= start:
                 self.add_error("end", "Choose a day after the first day.")
             elif end - start > timedelta(days=self.MAX_DAYS):
-                self.add_error("end", f"Export at most {self.MAX_DAYS} days at a time.")
+                self.add_error("end", f"{self.VERB} at most {self.MAX_DAYS} days at a time.")
         return cleaned
+
+
+class LedgerExportForm(DayPeriodForm):
+    """The period of a ledger CSV export."""
 
 
 class StaffCreditForm(forms.Form):

@@ -23,7 +23,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from billing import money
 from billing import selectors as billing_selectors
-from billing.forms import StaffCreditForm
+from billing.forms import DayPeriodForm, StaffCreditForm
 from billing.models import LedgerEntry
 from workers import routing
 from workers import services as worker_services
@@ -118,38 +118,16 @@ class OpsAuditFilterForm(AuditFilterForm):
         return "?" + urlencode({**params, **cursor})
 
 
-class RevenuePeriodForm(forms.Form):
-    """A reporting period in UTC days, ``end`` excluded; at most ``MAX_DAYS`` long."""
+class RevenuePeriodForm(DayPeriodForm):
+    """The revenue report's period (UTC days, ``end`` excluded)."""
 
-    MAX_DAYS = 366
-
-    start = forms.DateField(
-        label="From",
-        widget=forms.DateInput(attrs={"type": "date"}),
-        help_text="The first day included (UTC).",
-    )
-    end = forms.DateField(
-        label="Until",
-        widget=forms.DateInput(attrs={"type": "date"}),
-        help_text="The first day not included (UTC).",
-    )
+    VERB = "Report"
 
     @classmethod
     def this_month(cls) -> dict[str, date]:
         first = timezone.now().astimezone(UTC).date().replace(day=1)
         following = (first + timedelta(days=32)).replace(day=1)
         return {"start": first, "end": following}
-
-    def clean(self) -> dict[str, Any]:
-        cleaned = super().clean() or {}
-        start: date | None = cleaned.get("start")
-        end: date | None = cleaned.get("end")
-        if start is not None and end is not None:
-            if end <= start:
-                self.add_error("end", "Choose a day after the first day.")
-            elif end - start > timedelta(days=self.MAX_DAYS):
-                self.add_error("end", f"Report at most {self.MAX_DAYS} days at a time.")
-        return cleaned
 
 
 # ---- Writes --------------------------------------------------------------------
