@@ -142,10 +142,7 @@ def browser_cluster(
     _purge_queues(["default", *(f"site.{s.slug}" for s in browser_sites)])
     cluster = CeleryCluster(tmp_path_factory.mktemp("browser-celery"))
     try:
-        cluster.start_worker("default", "default")
-        for site in browser_sites:
-            cluster.start_worker(site.slug, f"site.{site.slug}", site=site.slug)
-        cluster.start_beat()
+        cluster.start_for_sites(browser_sites)
         yield cluster
     finally:
         cluster.stop()

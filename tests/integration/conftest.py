@@ -174,6 +174,13 @@ class CeleryCluster:
         self._wait_ready(process)
         return process
 
+    def start_for_sites(self, sites: list[SiteProcess]) -> None:
+        """A worker for ``default``, one per site queue, and beat: what a deployment runs."""
+        self.start_worker("default", "default")
+        for site in sites:
+            self.start_worker(site.slug, f"site.{site.slug}", site=site.slug)
+        self.start_beat()
+
     def start_beat(self) -> CeleryProcess:
         log = self.workdir / "beat.log"
         argv = [
@@ -249,10 +256,7 @@ def celery_cluster(
     _purge_queues(["default", *(f"site.{s.slug}" for s in sites)])
     cluster = CeleryCluster(tmp_path_factory.mktemp("celery"))
     try:
-        cluster.start_worker("default", "default")
-        for site in sites:
-            cluster.start_worker(site.slug, f"site.{site.slug}", site=site.slug)
-        cluster.start_beat()
+        cluster.start_for_sites(sites)
         yield cluster
     finally:
         cluster.stop()

@@ -344,10 +344,7 @@ def stack(django_db_blocker: Any, tmp_path_factory: pytest.TempPathFactory) -> I
                 INFER_TIMEOUT_SECONDS=str(INFER_TIMEOUT_SECONDS),
                 **WORKER_ENV,
             )
-            cluster.start_worker("default", "default")
-            for site in sites:
-                cluster.start_worker(site.slug, f"site.{site.slug}", site=site.slug)
-            cluster.start_beat()
+            cluster.start_for_sites(sites)
             web, netloc = _web_start({**cluster.env, "ALLOWED_HOSTS": "*"}, workdir / "granian.log")
             yield Stack(netloc, redis_server, postgres, cluster, sites)
         finally:
