@@ -310,7 +310,7 @@ def admit(
         limits.key_in_flight,
         limits.tenant_in_flight,
     )
-    if all(limit is None for limit in ordered):
+    if not limited(limits):
         return Admission(slot_keys=(), member="", rate=None)  # nothing to count: no round trip
     if slot_ttl_ms is None:
         slot_ttl_ms = settings.RATE_LIMIT_IN_FLIGHT_TTL_SECONDS * 1000
@@ -372,7 +372,7 @@ def release(admission: Admission) -> None:
 
 
 def releases_flush() -> None:
-    """Send every queued release now (the flusher thread; tests; shutdown)."""
+    """Send every queued release now, without waiting for the flusher (tests)."""
     _releases.flush()
 
 
