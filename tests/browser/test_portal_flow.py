@@ -17,12 +17,11 @@ from datetime import UTC, datetime
 import pytest
 from playwright.sync_api import Page, expect
 
-from billing import metering
 from billing.models import CreditAccount, Invoice, Purchase, UsageRecord
 from marketplace.models import Job, Tenant
 from tests.browser.conftest import PHONE_VIEWPORT, VIEWPORT, confirmation_link, screenshot
 from tests.factories import MembershipFactory, UserFactory, api_key_make
-from tests.integration.conftest import wait_for
+from tests.integration.conftest import usage_send_all, wait_for
 from tests.mfa import totp_code, totp_enable
 
 pytestmark = [
@@ -174,8 +173,7 @@ def test_sign_up_buy_run_chart_and_invoice(portal, browser_stripe, browser_error
         lambda: Purchase.objects.filter(tenant=tenant).exclude(stripe_credit_grant_id="").exists(),
         timeout=30,
     )
-    while metering.usage_send()["sent"]:
-        pass
+    usage_send_all(tenant)
     assert not UsageRecord.objects.filter(tenant=tenant, sent_at__isnull=True).exists()
     customer = CreditAccount.objects.get(tenant=tenant).stripe_customer_id
     _close_billing_period(browser_stripe.url, customer)

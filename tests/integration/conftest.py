@@ -262,6 +262,23 @@ def celery_cluster(
         cluster.stop()
 
 
+def usage_send_all(tenant: Any, timeout: float = 30) -> bool:
+    """Send the tenant's usage records as meter events until none is left unsent.
+
+    Beat's own ``billing.usage_send`` runs in the worker every few seconds; a run that
+    overlaps it can fail some records (they are retried by the next run, as in
+    production), so one run sending nothing does not mean everything was sent.
+    """
+    from billing import metering
+    from billing.models import UsageRecord
+
+    def all_sent() -> bool:
+        metering.usage_send()
+        return not UsageRecord.objects.filter(tenant=tenant, sent_at__isnull=True).exists()
+
+    return bool(wait_for(all_sent, timeout=timeout, interval=0.5))
+
+
 def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.1) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -18,10 +18,15 @@ from django.core import mail
 from django.core.management import CommandError, call_command
 from django.test import Client
 
-from billing import ledger, metering, money, payments
+from billing import ledger, money, payments
 from billing.models import CreditAccount, Invoice, LedgerEntry, Purchase, StripeEvent, UsageRecord
 from marketplace.models import AuditEvent, Tenant, User
-from tests.integration.conftest import STRIPE_WEBHOOK_SECRET, funded_tenant, wait_for
+from tests.integration.conftest import (
+    STRIPE_WEBHOOK_SECRET,
+    funded_tenant,
+    usage_send_all,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -260,8 +265,7 @@ def test_sign_up_buy_use_invoice_reconcile(stripe_webhooks, web_server, register
     )
     assert job["status"] == "queued"
 
-    while metering.usage_send()["sent"]:
-        pass
+    usage_send_all(tenant)
     assert not UsageRecord.objects.filter(tenant=tenant, sent_at__isnull=True).exists()
 
     account = CreditAccount.objects.get(tenant=tenant)
