@@ -185,3 +185,20 @@ def test_low_balance_signal_once_per_crossing(world, path, django_capture_on_com
         assert _account(world).low_balance_alerted is False  # the top-up re-arms the alert
     finally:
         ledger.low_balance.disconnect(receiver)
+
+
+def test_hot_statements_are_prepared_on_the_server(world):
+    """Django turns psycopg's preparing off unless told; then ``prepare=True`` is ignored
+    and every sync call pays for parsing and planning the settle again."""
+    from django.db import connection
+
+    for source in ("req:p1", "req:p2"):
+        hold = ledger.credit_reserve(
+            tenant_id=world.tenant.pk, amount_micros=10, source=source, ttl_seconds=60
+        )
+        ledger.credit_settle(hold=hold, cost_micros=5, units=1, model_slug="m", source=source)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT statement FROM pg_prepared_statements")
+        prepared = [row[0] for row in cursor.fetchall()]
+    assert any("INSERT INTO billing_reservation" in text for text in prepared), prepared
+    assert any("INSERT INTO billing_usagerecord" in text for text in prepared), prepared
