@@ -10,17 +10,18 @@ Elsewhere (the SQLite demo, capped keys) the same effects are made by the ORM in
 transaction; the tests run both.
 """
 
+import functools
 import logging
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
 
 import django.dispatch
-import psycopg
-from django.db import IntegrityError, connection, connections, transaction
+from django.db import IntegrityError, connections, transaction
 from django.db.models import F, Sum
 from django.utils import timezone
 
+from . import statements
 from .exceptions import InsufficientCredits, KeyBudgetExceeded
 from .models import CreditAccount, KeySpend, LedgerEntry, Reservation, UsageRecord
 
@@ -54,24 +55,21 @@ class Settled:
 
 
 def _fast() -> bool:
-    return connection.vendor == "postgresql" and not force_portable
+    return _on_postgresql() and not force_portable
+
+
+@functools.cache
+def _on_postgresql() -> bool:
+    return connections["default"].vendor == "postgresql"
 
 
 def _execute(using: str, sql: str, params: dict[str, object]) -> tuple[Any, ...] | None:
-    """Run one statement as a server-side prepared statement; return its first row.
+    """Run one of this module's statements, prepared on the server; return its first row.
 
     Django binds parameters on the client, which makes PostgreSQL parse and plan
-    these multi-CTE statements on every call (~0.3 ms of the settle here); prepared
-    once per connection, they are only executed. psycopg honours ``prepare=True``
-    only when the connection has a ``prepare_threshold``, which Django leaves unset
-    unless the settings give one (``DATABASE_PREPARE_THRESHOLD``). Needs a
-    session-level connection (not a transaction-pooling proxy).
+    these multi-CTE statements on every call (~0.3 ms of the settle here).
     """
-    wrapper = connections[using]
-    wrapper.ensure_connection()
-    with wrapper.wrap_database_errors, psycopg.Cursor(wrapper.connection) as cursor:
-        cursor.execute(sql, params, prepare=True)
-        return cursor.fetchone()
+    return statements.run(using, sql, params)
 
 
 def _month(now: datetime) -> date:

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 import pytest
 from rest_framework.test import APIClient
 
-from billing import ledger
+from billing import ledger, statements
 from billing.models import LedgerEntry
 from config.redis_client import redis_client
 from marketplace import catalog, keycache
@@ -18,11 +18,14 @@ pytest_plugins = ["tests.logscan", "pytester"]
 
 
 @pytest.fixture(autouse=True)
-def _process_caches_cleared() -> None:
+def _process_caches_cleared() -> Iterator[None]:
     """Per-process caches must not carry rows from one test's database into the next."""
     catalog.cache_clear()
     routing.reset()
     keycache._entries.clear()
+    yield
+    # Pooled connections would keep the test database from being dropped.
+    statements.reset()
 
 
 # Tests whose Celery workers and beat (real processes) write the real site-health key.
