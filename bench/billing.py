@@ -170,6 +170,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000, help="sequential, per round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--meter-events", type=int, default=5000)
+    parser.add_argument("--threads", type=int, default=4, help="granian blocking threads")
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-billing-"))
@@ -185,9 +186,9 @@ def main() -> None:
     }
     try:
         with (
-            granian(env, workers=1, threads=4) as with_port,
+            granian(env, workers=1, threads=args.threads) as with_port,
             granian(
-                env, workers=1, threads=4, app="bench.nobilling_wsgi:application"
+                env, workers=1, threads=args.threads, app="bench.nobilling_wsgi:application"
             ) as without_port,
         ):
             ports = {"with": with_port, "without": without_port}
@@ -201,7 +202,10 @@ def main() -> None:
     finally:
         site.stop()  # type: ignore[attr-defined]
 
-    print(f"rounds={args.rounds} sequential={args.requests}/round (echo, one site)")
+    print(
+        f"rounds={args.rounds} sequential={args.requests}/round "
+        f"(echo, one site, {args.threads} blocking threads)"
+    )
     print("| path | p50 ms | p99 ms |")
     print("| --- | --- | --- |")
     for name in ("without", "with"):

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -37,13 +38,15 @@ def database_prepare() -> dict[str, str]:
     import django
     import psycopg
 
-    database_url = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/cango")
-    server = database_url.rsplit("/", 1)[0]
-    with psycopg.connect(server + "/postgres", autocommit=True) as conn:
+    database_url = urlsplit(
+        os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/cango")
+    )
+    # Keep the query (``?host=/var/run/postgresql`` reaches the server over its socket).
+    with psycopg.connect(database_url._replace(path="/postgres").geturl(), autocommit=True) as conn:
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [BENCH_DB]).fetchone()
         if not exists:
             conn.execute(f'CREATE DATABASE "{BENCH_DB}"')
-    os.environ["DATABASE_URL"] = f"{server}/{BENCH_DB}"
+    os.environ["DATABASE_URL"] = database_url._replace(path=f"/{BENCH_DB}").geturl()
     os.environ["DJANGO_SETTINGS_MODULE"] = "config.settings.dev"
     os.environ["DJANGO_DEBUG"] = "false"
     os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/2")
