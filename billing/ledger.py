@@ -21,9 +21,16 @@ from django.db import IntegrityError, connections, transaction
 from django.db.models import F, Sum
 from django.utils import timezone
 
-from . import statements
+from . import money, statements
 from .exceptions import InsufficientCredits, KeyBudgetExceeded
-from .models import CreditAccount, KeySpend, LedgerEntry, Reservation, UsageRecord
+from .models import (
+    CreditAccount,
+    GrantMirror,
+    KeySpend,
+    LedgerEntry,
+    Reservation,
+    UsageRecord,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -403,6 +410,10 @@ def reservations_release_expired(*, limit: int = 1000) -> int:
     return released
 
 
+#: Credit given rather than bought; mirrored in Stripe so invoices count it.
+_FREE_CREDIT = frozenset({LedgerEntry.Kind.GRANT, LedgerEntry.Kind.ADJUSTMENT})
+
+
 def entry_book(
     *,
     tenant_id: int,
@@ -415,7 +426,8 @@ def entry_book(
     """Book a purchase, refund, adjustment, grant or expiry exactly once per source.
 
     Returns the entry and whether it is new; a second call with the same
-    (kind, source) changes nothing.
+    (kind, source) changes nothing. Free credit (a grant, a positive adjustment) gets
+    its Stripe mirror's outbox row in the same transaction.
     """
     account = account_open(tenant_id=tenant_id)
     with transaction.atomic():
@@ -435,6 +447,9 @@ def entry_book(
         CreditAccount.objects.filter(pk=account.pk).update(
             balance_micros=F("balance_micros") + amount_micros
         )
+        free_cents = money.micros_to_cents(amount_micros) if kind in _FREE_CREDIT else 0
+        if free_cents > 0:
+            GrantMirror.objects.create(ledger_entry=entry, account=account, amount_cents=free_cents)
         if amount_micros > 0:
             # Topped up: the next fall below the threshold alerts again.
             CreditAccount.objects.filter(

@@ -215,6 +215,38 @@ class UsageRecord(models.Model):
         return f"usage_{self.pk}"
 
 
+class GrantMirror(models.Model):
+    """Free credit (a staff grant or a positive adjustment) to mirror in Stripe: the outbox.
+
+    Purchases are mirrored as paid credit grants; without this, credit that staff
+    gave would not be in Stripe, and an invoice would ask the tenant to pay for usage
+    it had already covered. Written with its ledger entry; sent as a promotional
+    credit grant once the tenant has a Stripe customer (``payments.grants_mirror``).
+    """
+
+    ledger_entry = models.OneToOneField(LedgerEntry, on_delete=models.PROTECT, related_name="+")
+    account = models.ForeignKey(
+        CreditAccount, on_delete=models.PROTECT, related_name="+", db_index=False
+    )
+    amount_cents = models.PositiveBigIntegerField()
+    stripe_credit_grant_id = models.CharField(max_length=255, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        indexes: ClassVar = [
+            models.Index(
+                fields=["attempts", "created_at"],
+                condition=Q(stripe_credit_grant_id=""),
+                name="grantmirror_unsent",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"grant mirror {self.pk}: {self.amount_cents}¢"
+
+
 class Purchase(models.Model):
     """Credit bought through Stripe: a Checkout Session or an automatic top-up."""
 

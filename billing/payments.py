@@ -20,7 +20,7 @@ from django.utils import timezone
 from marketplace.services import audit_record
 
 from . import ledger, money, stripe_gateway
-from .models import CreditAccount, Invoice, LedgerEntry, Purchase, StripeEvent
+from .models import CreditAccount, GrantMirror, Invoice, LedgerEntry, Purchase, StripeEvent
 
 logger = logging.getLogger(__name__)
 
@@ -123,6 +123,42 @@ def purchase_mirror(*, purchase_id: int) -> None:
             amount_cents=purchase.amount_cents,
         )
         Purchase.objects.filter(pk=purchase.pk).update(stripe_credit_grant_id=grant_id)
+
+
+def grants_mirror(*, limit: int = 100) -> dict[str, int]:
+    """Send unsent free-credit mirrors as promotional credit grants; count failures.
+
+    A tenant's mirrors wait until it has a Stripe customer (made at its first
+    purchase), as its usage records do, so both reach Stripe before its first invoice.
+    """
+    mirrors = list(
+        GrantMirror.objects.filter(stripe_credit_grant_id="")
+        .exclude(account__stripe_customer_id="")
+        .select_related("account")
+        .order_by("attempts", "created_at")[:limit]
+    )
+    sent = failed = 0
+    for mirror in mirrors:
+        try:
+            grant_id = stripe_gateway.credit_grant_promotional_create(
+                mirror_id=mirror.pk,
+                ledger_entry_id=mirror.ledger_entry_id,
+                customer_id=mirror.account.stripe_customer_id,
+                amount_cents=mirror.amount_cents,
+            )
+        except stripe_gateway.GatewayError as exc:
+            GrantMirror.objects.filter(pk=mirror.pk).update(
+                attempts=mirror.attempts + 1, last_error=str(exc)[:500]
+            )
+            failed += 1
+            continue
+        GrantMirror.objects.filter(pk=mirror.pk).update(
+            stripe_credit_grant_id=grant_id, last_error=""
+        )
+        sent += 1
+    if failed:
+        logger.warning("credit grant mirrors failed", extra={"failed": failed, "sent": sent})
+    return {"sent": sent, "failed": failed}
 
 
 def _checkout_paid(session: dict[str, Any]) -> None:

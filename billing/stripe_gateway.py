@@ -166,20 +166,53 @@ def refund_create(*, purchase_id: int, payment_intent_id: str, amount_cents: int
 
 def credit_grant_create(*, purchase_id: int, customer_id: str, amount_cents: int) -> str:
     """Mirror prepaid credit so the invoice shows usage minus what was prepaid."""
+    return _credit_grant(
+        customer_id=customer_id,
+        amount_cents=amount_cents,
+        name=f"Prepaid credit (purchase {purchase_id})",
+        category="paid",
+        metadata={"purchase_id": str(purchase_id)},
+        idempotency_key=f"credit_grant:purchase:{purchase_id}",
+    )
+
+
+def credit_grant_promotional_create(
+    *, mirror_id: int, ledger_entry_id: int, customer_id: str, amount_cents: int
+) -> str:
+    """Mirror credit that staff gave, so the invoice counts it as it counts purchases."""
+    return _credit_grant(
+        customer_id=customer_id,
+        amount_cents=amount_cents,
+        name=f"Credit from Cango (ledger entry {ledger_entry_id})",
+        category="promotional",
+        metadata={"ledger_entry_id": str(ledger_entry_id)},
+        idempotency_key=f"credit_grant:mirror:{mirror_id}",
+    )
+
+
+def _credit_grant(
+    *,
+    customer_id: str,
+    amount_cents: int,
+    name: str,
+    category: str,
+    metadata: dict[str, str],
+    idempotency_key: str,
+) -> str:
     grant = _call(
         client().v1.billing.credit_grants.create,
         {
             "customer": customer_id,
-            "name": f"Prepaid credit (purchase {purchase_id})",
-            "category": "paid",
+            "name": name,
+            "category": category,
             "amount": {
                 "type": "monetary",
                 "monetary": {"value": amount_cents, "currency": CURRENCY},
             },
             "applicability_config": {"scope": {"price_type": "metered"}},
-            "metadata": {"purchase_id": str(purchase_id)},
+            "metadata": metadata,
         },
-        f"credit_grant:purchase:{purchase_id}",
+        idempotency_key,
     )
     return str(grant.id)
 

@@ -18,6 +18,11 @@ def purchase_mirror(purchase_id: int) -> None:
     payments.purchase_mirror(purchase_id=purchase_id)
 
 
+@shared_task(name="billing.grants_mirror", acks_late=False, expires=60, ignore_result=True)
+def grants_mirror() -> None:
+    payments.grants_mirror()
+
+
 @shared_task(name="billing.usage_send", acks_late=False, expires=20, ignore_result=True)
 def usage_send() -> None:
     metering.usage_send()

@@ -9,6 +9,9 @@ The alerts (README, "Observability"):
 
 - ``meter_backlog``: usage is not reaching Stripe (oldest unsent record too old, or
   too many unsent): invoices will be short until it does.
+- ``grant_mirror_backlog``: credit that staff gave is not reaching Stripe as credit
+  grants (the oldest waits longer than ``ALERT_METER_BACKLOG_SECONDS``): invoices would
+  ask tenants to pay for usage that this credit covered.
 - ``reconcile_difference``: this month's ledger usage and Stripe's meter totals
   (up to ten minutes ago) disagree beyond what is still waiting to be sent.
 - ``site_down``: an active site has enabled servers and none of them is healthy.
@@ -58,6 +61,18 @@ def meter_backlog_check(now: datetime) -> Alert | None:
     return Alert(
         "meter_backlog",
         f"{backlog.count} usage records not sent to Stripe; the oldest is {age:.0f} s old.",
+        {"unsent": backlog.count, "oldest_age_seconds": round(age)},
+    )
+
+
+def grant_mirror_check(now: datetime) -> Alert | None:
+    backlog = selectors.grant_mirror_backlog()
+    age = backlog.oldest_age_seconds(now)
+    if age <= settings.ALERT_METER_BACKLOG_SECONDS:
+        return None
+    return Alert(
+        "grant_mirror_backlog",
+        f"{backlog.count} credit grants not mirrored to Stripe; the oldest is {age:.0f} s old.",
         {"unsent": backlog.count, "oldest_age_seconds": round(age)},
     )
 
@@ -126,6 +141,7 @@ def site_down_check(now: datetime) -> Alert | None:
 
 CHECKS: dict[str, Callable[[datetime], Alert | None]] = {
     "meter_backlog": meter_backlog_check,
+    "grant_mirror_backlog": grant_mirror_check,
     "reconcile_difference": reconcile_check,
     "site_down": site_down_check,
 }

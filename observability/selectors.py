@@ -14,7 +14,7 @@ import redis
 from django.db.models import Count, Min, Sum
 from django.utils import timezone
 
-from billing.models import Reservation, UsageRecord
+from billing.models import GrantMirror, Reservation, UsageRecord
 from config.redis_client import redis_client
 from marketplace.models import Job
 from workers import routing
@@ -65,6 +65,17 @@ def meter_backlog() -> MeterBacklog:
     """
     totals = (
         UsageRecord.objects.filter(sent_at__isnull=True)
+        .exclude(account__stripe_customer_id="")
+        .aggregate(n=Count("id"), oldest=Min("created_at"))
+    )
+    return MeterBacklog(count=totals["n"], oldest=totals["oldest"])
+
+
+def grant_mirror_backlog() -> MeterBacklog:
+    """Free credit not yet mirrored as a Stripe credit grant (partial index
+    ``grantmirror_unsent``), for tenants that have a Stripe customer."""
+    totals = (
+        GrantMirror.objects.filter(stripe_credit_grant_id="")
         .exclude(account__stripe_customer_id="")
         .aggregate(n=Count("id"), oldest=Min("created_at"))
     )

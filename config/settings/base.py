@@ -314,6 +314,11 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": env.float("METER_EVENTS_INTERVAL_SECONDS", default=5.0),
         "options": {"queue": "default", "expires": 20},
     },
+    "grants-mirror": {
+        "task": "billing.grants_mirror",
+        "schedule": env.float("GRANTS_MIRROR_INTERVAL_SECONDS", default=15.0),
+        "options": {"queue": "default", "expires": 60},
+    },
     "auto-topups": {
         "task": "billing.auto_topups",
         "schedule": 30.0,

@@ -33,7 +33,12 @@ def _alert_state_cleared() -> Iterator[None]:
             alerts.RECONCILE_CACHE_KEY,
             *(
                 alerts.MAILED_CACHE_KEY.format(n)
-                for n in ("meter_backlog", "reconcile_difference", "site_down")
+                for n in (
+                    "meter_backlog",
+                    "grant_mirror_backlog",
+                    "reconcile_difference",
+                    "site_down",
+                )
             ),
         ]
     )
@@ -104,6 +109,22 @@ def test_backlog_alert_fires_when_the_oldest_unsent_record_is_too_old(
 
     assert fired["meter_backlog"].details["unsent"] == 2
     assert int(str(fired["meter_backlog"].details["oldest_age_seconds"])) >= 301
+
+
+def test_grant_mirror_alert_fires_when_free_credit_waits_too_long(world, stripe_totals, settings):
+    from billing.models import GrantMirror
+
+    settings.ALERT_METER_BACKLOG_SECONDS = 300
+    assert "grant_mirror_backlog" not in _names(alerts.checks_run())  # no customer yet
+    _invoiced(world.tenant)
+    assert "grant_mirror_backlog" not in _names(alerts.checks_run())  # the fixture's: fresh
+
+    GrantMirror.objects.update(created_at=timezone.now() - timedelta(seconds=301))
+    fired = {a.name: a for a in alerts.checks_run()}
+    assert fired["grant_mirror_backlog"].details["unsent"] == 1
+
+    GrantMirror.objects.update(stripe_credit_grant_id="credgr_test_1")
+    assert "grant_mirror_backlog" not in _names(alerts.checks_run())
 
 
 def test_backlog_alert_fires_on_too_many_unsent_records(world, stripe_totals, settings):
