@@ -9,12 +9,14 @@ ledger's usage for that model, rounded to the cent once.
 """
 
 import logging
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import close_old_connections, connection
 from django.db.models import Sum
 from django.utils import timezone
 
@@ -107,9 +109,44 @@ def _send_batch(
     return results
 
 
+#: Key of the PostgreSQL advisory lock that lets one ``usage_send`` run at a time.
+SEND_LOCK_KEY = 0x43414E474F0001
+
+
+@contextmanager
+def _sole_sender() -> Iterator[bool]:
+    """Whether this run may send: no other run, in any process, is sending.
+
+    Overlapping runs (beat's and a manual one, or two workers) picked the same
+    records; Stripe took each event once and refused the other copy, which was then
+    counted as a failure and retried for nothing. On SQLite (the demo) there is one
+    worker, and no lock.
+    """
+    if connection.vendor != "postgresql":
+        yield True
+        return
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(%s)", [SEND_LOCK_KEY])
+        (sole,) = cursor.fetchone()
+    try:
+        yield bool(sole)
+    finally:
+        if sole:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_unlock(%s)", [SEND_LOCK_KEY])
+
+
 def usage_send(*, limit: int | None = None) -> dict[str, int]:
     """Send unsent usage records as meter events, in batches on the v2 meter event
-    stream; mark each sent, or count its failure for a later run."""
+    stream; mark each sent, or count its failure for a later run. Sends nothing while
+    another run is sending (``busy``)."""
+    with _sole_sender() as sole:
+        result = _usage_send(limit) if sole else {"sent": 0, "failed": 0, "busy": 1}
+    close_old_connections()
+    return result
+
+
+def _usage_send(limit: int | None) -> dict[str, int]:
     # Only tenants with a Stripe customer are invoiced (one is made at their first
     # purchase); others' records wait, without holding up anyone else's.
     records = list(
@@ -146,7 +183,6 @@ def usage_send(*, limit: int | None = None) -> dict[str, int]:
     UsageRecord.objects.filter(pk__in=sent).update(sent_at=timezone.now(), last_error="")
     for pk, error in failed:
         UsageRecord.objects.filter(pk=pk).update(attempts=attempts[pk] + 1, last_error=error)
-    close_old_connections()
     if failed:
         logger.warning("meter events failed", extra={"failed": len(failed), "sent": len(sent)})
     return {"sent": len(sent), "failed": len(failed)}

@@ -16,21 +16,6 @@ from billing.models import GrantMirror, LedgerEntry
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture
-def stripe_server(settings):
-    from deploy.stripe_server import StripeServer
-
-    server = StripeServer().start()
-    settings.STRIPE_API_BASE = server.url
-    settings.STRIPE_SECRET_KEY = "sk_test_mirror"
-    stripe_gateway.client.cache_clear()
-    try:
-        yield server
-    finally:
-        stripe_gateway.client.cache_clear()
-        server.stop()
-
-
 def _grants(customer_id: str) -> list:
     return list(stripe_gateway.client().v1.billing.credit_grants.list({"customer": customer_id}))
 
