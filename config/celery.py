@@ -4,7 +4,13 @@ import os
 from typing import Any
 
 from celery import Celery
-from celery.signals import setup_logging, task_postrun, task_prerun
+from celery.signals import (
+    setup_logging,
+    task_postrun,
+    task_prerun,
+    worker_ready,
+    worker_shutting_down,
+)
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.dev")
 
@@ -31,3 +37,20 @@ def _logging_from_django_settings(**kwargs: Any) -> None:
     from django.conf import settings
 
     logging.config.dictConfig(settings.LOGGING)
+
+
+@worker_ready.connect
+def _site_heartbeat_start(sender: Any = None, **kwargs: Any) -> None:
+    """A site's worker says it is there to take jobs (``workers.liveness``)."""
+    site_slug = os.environ.get("CANGO_WORKER_SITE", "")
+    if site_slug:
+        from workers import liveness
+
+        liveness.heartbeat_start(site_slug, node=str(getattr(sender, "hostname", os.getpid())))
+
+
+@worker_shutting_down.connect
+def _site_heartbeat_stop(**kwargs: Any) -> None:
+    from workers import liveness
+
+    liveness.heartbeat_stop()

@@ -104,7 +104,7 @@ def job_submit(
         input_elements=kserve.count_units(parsed),
         timeout_seconds=settings.INFER_TIMEOUT_SECONDS,
     )
-    candidates = routing.candidates_for(model.slug, region_pin=tenant.region_pin)
+    candidates = routing.candidates_for(model.slug, region_pin=tenant.region_pin, for_jobs=True)
     if not candidates:
         raise NoHealthySite(f"No site can serve {model.slug} right now.")
     site_slug = candidates[0].site_slug

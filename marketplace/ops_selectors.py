@@ -86,6 +86,7 @@ class ServerRow:
 class SiteRow:
     site: Site
     servers: list[ServerRow]
+    workers_live: bool = False
 
     @property
     def queue_depth(self) -> int:
@@ -108,15 +109,13 @@ def _percent(part: int, whole: int) -> int | None:
     return None if whole <= 0 else round(100 * part / whole)
 
 
-def health_snapshot() -> dict[int, routing.ServerHealth]:
-    """The health snapshot routing reads (empty when Redis is unreadable)."""
+def health_snapshot() -> routing.Snapshot:
+    """The snapshot routing reads: health and live workers (empty when Redis is unreadable)."""
     # The console shows exactly what routing decides on, so it reads the same loader.
-    return routing._health_load()
+    return routing.snapshot_load()
 
 
-def sites_overview(
-    health: dict[int, routing.ServerHealth], *, now: float | None = None
-) -> list[SiteRow]:
+def sites_overview(snapshot: routing.Snapshot, *, now: float | None = None) -> list[SiteRow]:
     """Every site with its servers, their deployments and their last health check.
 
     Utilisation is the snapshot's queue depth (Triton's pending requests per model)
@@ -125,13 +124,16 @@ def sites_overview(
     this is a lower bound of the load routing sees. Three queries.
     """
     wall = time.time() if now is None else now
+    health = snapshot.health
     servers = TritonServer.objects.order_by("name").prefetch_related(
         Prefetch("deployments", queryset=Deployment.objects.order_by("triton_model_name"))
     )
     sites = Site.objects.order_by("slug").prefetch_related(Prefetch("servers", queryset=servers))
     return [
         SiteRow(
-            site=site, servers=[_server_row(s, health.get(s.pk), wall) for s in site.servers.all()]
+            site=site,
+            servers=[_server_row(s, health.get(s.pk), wall) for s in site.servers.all()],
+            workers_live=site.slug in snapshot.live_sites,
         )
         for site in sites
     ]

@@ -43,7 +43,7 @@ _JOB_LIST_FIELDS = (
 
 def health_snapshot() -> dict[int, routing.ServerHealth]:
     """Each server's last health check (one Redis read; empty if Redis is unreadable)."""
-    return routing._health_load()
+    return routing.snapshot_load().health
 
 
 def server_healthy(

@@ -17,6 +17,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from config.redis_client import redis_client
+from workers import routing
 
 from . import selectors
 
@@ -78,6 +79,15 @@ def _meter_backlog() -> Iterator[Metric]:
     )
 
 
+def _grant_mirrors() -> Iterator[Metric]:
+    backlog = selectors.grant_mirror_backlog()
+    yield GaugeMetricFamily(
+        "cango_grant_mirror_backlog_records",
+        "Staff grants and positive adjustments not yet mirrored as Stripe credit grants.",
+        value=backlog.count,
+    )
+
+
 def _sites() -> Iterator[Metric]:
     family = GaugeMetricFamily(
         "cango_site_servers_healthy",
@@ -87,11 +97,19 @@ def _sites() -> Iterator[Metric]:
     total = GaugeMetricFamily(
         "cango_site_servers", "Enabled Triton servers of each active site.", labels=["site"]
     )
+    workers = GaugeMetricFamily(
+        "cango_site_workers_live",
+        "1 if a job worker of the active site beat recently (workers.liveness), else 0.",
+        labels=["site"],
+    )
+    live_sites = routing.snapshot_load().live_sites
     for slug, (healthy, enabled) in sorted(selectors.sites_healthy_servers().items()):
         family.add_metric([slug], healthy)
         total.add_metric([slug], enabled)
+        workers.add_metric([slug], int(slug in live_sites))
     yield family
     yield total
+    yield workers
 
 
 SOURCES: dict[str, Callable[[], Iterator[Metric]]] = {
@@ -99,6 +117,7 @@ SOURCES: dict[str, Callable[[], Iterator[Metric]]] = {
     "queues": _queues,
     "credits": _credits,
     "meter_backlog": _meter_backlog,
+    "grant_mirrors": _grant_mirrors,
     "sites": _sites,
 }
 

@@ -11,7 +11,7 @@ from config.redis_client import redis_client
 from marketplace import catalog, keycache
 from marketplace.models import ApiKey, Membership, Tenant, User
 from tests.factories import MembershipFactory, api_key_make
-from workers import routing
+from workers import liveness, routing
 
 # logscan: the session fails if a secret appears in any log line (see tests/logscan.py).
 pytest_plugins = ["tests.logscan", "pytester"]
@@ -36,20 +36,22 @@ _SHARED_HEALTH_DIRS = ("integration", "browser")
 def _health_key_private(
     request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[None]:
-    """Every other test gets a site-health key of its own.
+    """Every other test gets site-health and worker-heartbeat keys of its own.
 
     The integration and browser fixtures keep Celery beat running for the rest of the
     session, and its health check rewrites the shared key every 2 s (delete, then
     write what *its* database shows); a unit test that wrote health there could lose
-    it between writing and reading.
+    it between writing and reading. Their site workers beat into the shared
+    heartbeat key, which would make those sites live for unit tests.
     """
     if request.node.path.parent.name in _SHARED_HEALTH_DIRS:
         yield
         return
     key = f"test-health:{uuid.uuid4().hex}"
     monkeypatch.setattr(routing, "HEALTH_KEY", key)
+    monkeypatch.setattr(liveness, "KEY", f"{key}:workers")
     yield
-    redis_client().delete(key)
+    redis_client().delete(key, f"{key}:workers")
 
 
 @dataclass

@@ -240,7 +240,9 @@ def jobs_reap() -> dict[str, int]:
         .select_related("model", "tenant")[:500]
     )
     for job in stale:
-        candidates = routing.candidates_for(job.model.slug, region_pin=job.tenant.region_pin)
+        candidates = routing.candidates_for(
+            job.model.slug, region_pin=job.tenant.region_pin, for_jobs=True
+        )
         if candidates:
             enqueue(job, candidates[0].site_slug)
             counts["requeued"] += 1

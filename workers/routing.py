@@ -31,6 +31,7 @@ import redis
 
 from config.redis_client import redis_client
 
+from . import liveness
 from .triton import Endpoint
 
 logger = logging.getLogger(__name__)
@@ -156,6 +157,7 @@ class _ProcessState:
     table_loaded_at: float = -1e9
     health: dict[int, ServerHealth] = field(default_factory=dict)
     health_loaded_at: float = -1e9
+    live_sites: frozenset[str] = frozenset()
     in_flight: dict[int, int] = field(default_factory=lambda: defaultdict(int))
     breakers: dict[int, _Breaker] = field(default_factory=lambda: defaultdict(_Breaker))
 
@@ -188,19 +190,38 @@ def _table_load() -> dict[str, list[Candidate]]:
     return dict(table)
 
 
-def _health_load() -> dict[int, ServerHealth]:
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """What routing decides on besides the deployment table."""
+
+    health: dict[int, ServerHealth]
+    live_sites: frozenset[str]
+
+
+def snapshot_load() -> Snapshot:
+    """The servers' health and the sites with live workers, read now (one round trip;
+    empty when Redis is unreadable)."""
+    health, live_sites = _health_load()
+    return Snapshot(health=health, live_sites=live_sites)
+
+
+def _health_load() -> tuple[dict[int, ServerHealth], frozenset[str]]:
+    """The servers' health and the sites with live workers, in one round trip."""
+    pipe = redis_client().pipeline(transaction=False)
+    pipe.hgetall(HEALTH_KEY)
+    pipe.zrangebyscore(liveness.KEY, time.time() - liveness.live_window_seconds(), "+inf")
     try:
-        raw = redis_client().hgetall(HEALTH_KEY)
+        raw, live = pipe.execute()
     except redis.RedisError:
         logger.warning("routing: Redis unreadable; routing without health data")
-        return {}
+        return {}, frozenset()
     health: dict[int, ServerHealth] = {}
     for key, value in raw.items():
         try:
             health[int(key)] = ServerHealth.from_json(value)
         except (ValueError, KeyError):
             logger.warning("routing: bad health entry for server %s", key)
-    return health
+    return health, liveness.live_sites_parse(live)
 
 
 def refresh(*, force: bool = False) -> None:
@@ -211,22 +232,32 @@ def refresh(*, force: bool = False) -> None:
         with _state.lock:
             _state.table, _state.table_loaded_at = table, now
     if force or now - _state.health_loaded_at > SNAPSHOT_SECONDS:
-        health = _health_load()
+        health, live_sites = _health_load()
         with _state.lock:
             _state.health, _state.health_loaded_at = health, now
+            _state.live_sites = live_sites
 
 
 def candidates_for(
-    model_slug: str, *, region_pin: str = "", exclude: frozenset[int] = frozenset()
+    model_slug: str,
+    *,
+    region_pin: str = "",
+    exclude: frozenset[int] = frozenset(),
+    for_jobs: bool = False,
 ) -> list[Candidate]:
-    """The deployments of ``model_slug`` that may take work now, best first."""
+    """The deployments of ``model_slug`` that may take work now, best first.
+
+    ``for_jobs``: where to queue an async job. Sites whose workers are live
+    (``workers.liveness``) come first; when none of the candidates' sites is live,
+    the order is Triton's health alone and the job waits for a worker there.
+    """
     refresh()
     now_wall = time.time()
     now = time.monotonic()
     with _state.lock:
         breaker_open = {sid for sid, b in _state.breakers.items() if b.open_until > now}
         in_flight = dict(_state.in_flight)
-        return candidates_rank(
+        ranked = candidates_rank(
             _state.table.get(model_slug, []),
             _state.health,
             in_flight=in_flight,
@@ -235,6 +266,18 @@ def candidates_for(
             exclude=exclude,
             now=now_wall,
         )
+        live_sites = _state.live_sites
+    if not for_jobs:
+        return ranked
+    return jobs_order(ranked, live_sites)
+
+
+def jobs_order(ranked: list[Candidate], live_sites: frozenset[str]) -> list[Candidate]:
+    """``ranked`` with the candidates at sites with live workers first, in their order. Pure."""
+    live = [candidate for candidate in ranked if candidate.site_slug in live_sites]
+    if not live:
+        return ranked
+    return live + [candidate for candidate in ranked if candidate.site_slug not in live_sites]
 
 
 def model_available(model_slug: str) -> bool:

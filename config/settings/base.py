@@ -370,6 +370,9 @@ JOB_MAX_ATTEMPTS: int = env.int("JOB_MAX_ATTEMPTS", default=5)
 # in the queue it expires.
 JOB_REQUEUE_SECONDS: int = env.int("JOB_REQUEUE_SECONDS", default=30)
 JOB_EXPIRE_SECONDS: int = env.int("JOB_EXPIRE_SECONDS", default=3600)
+# Each site worker beats this often; a site none of whose workers beat in three
+# intervals gets no new async jobs while another candidate site has live workers.
+WORKER_HEARTBEAT_SECONDS: float = env.float("WORKER_HEARTBEAT_SECONDS", default=5.0)
 # ---- Data retention (issue 6) ----
 # A final job's input and output are deleted this many days after it finished (0
 # keeps them forever); its status, cost, units, times, model and site stay, as do the

@@ -161,6 +161,14 @@ class Group:
                 popen.wait(timeout=10)
         self.processes.clear()
 
+    def kill(self) -> None:
+        """The machine is lost: SIGKILL, nothing gets to say goodbye."""
+        for popen in self.processes.values():
+            if popen.poll() is None:
+                os.killpg(popen.pid, signal.SIGKILL)
+                popen.wait(timeout=10)
+        self.processes.clear()
+
 
 @dataclass
 class Deployment:
@@ -385,12 +393,65 @@ def _site_status(slug: str, status: str) -> None:
     time.sleep(routing.TABLE_SECONDS + 0.5)
 
 
+def _live_sites() -> frozenset[str]:
+    return routing.snapshot_load().live_sites
+
+
+def test_jobs_leave_a_site_whose_workers_are_gone_though_its_triton_is_healthy(
+    deployment: Deployment, monkeypatch: pytest.MonkeyPatch
+):
+    """A is routing's first choice by health and price, until its worker machine is
+    lost: Triton at A stays healthy, but its workers stop beating. Jobs queued at A
+    meanwhile move to B on the reaper's next pass, new ones go to B at once, and A
+    is first again when its workers are back. Each job runs once."""
+    started = time.monotonic()
+    # This process reads the beats as the machines write them.
+    monkeypatch.setattr(
+        settings, "WORKER_HEARTBEAT_SECONDS", float(WORKER_ENV["WORKER_HEARTBEAT_SECONDS"])
+    )
+    _, _, token, _ = funded_tenant(10_000_000)  # not pinned: any site may serve it
+    group_a, group_b = deployment.groups[SITE_A], deployment.groups[SITE_B]
+    # B's power costs 900 points of score: far more than any latency difference.
+    Site.objects.filter(slug=SITE_B).update(power_price_usd_per_mwh=Decimal("90000"))
+    time.sleep(routing.TABLE_SECONDS + 0.5)
+    wait_for(lambda: _live_sites() >= {SITE_A, SITE_B}, timeout=10, interval=0.2)
+    first = _submit(deployment.base, token, JOBS_PER_SITE)
+    wait_for(lambda: _all_finished(first), timeout=30, interval=0.3)
+    assert {j.site_slug for j in Job.objects.filter(public_id__in=first)} == {SITE_A}
+
+    # A's machine is lost. For a few seconds A still looks live: jobs go there...
+    group_a.kill()
+    stranded = _submit(deployment.base, token, JOBS_PER_SITE)
+    assert {j.site_slug for j in Job.objects.filter(public_id__in=stranded)} == {SITE_A}
+    # ...until its beats are late. New jobs then go to B, though A is healthy and cheaper.
+    wait_for(lambda: SITE_A not in _live_sites(), timeout=10, interval=0.2)
+    time.sleep(routing.SNAPSHOT_SECONDS + 0.2)  # the web tier's snapshot is as fresh
+    fresh = _submit(deployment.base, token, JOBS_PER_SITE)
+    assert {j.site_slug for j in Job.objects.filter(public_id__in=fresh)} == {SITE_B}
+    # The reaper (every 5 s; JOB_REQUEUE_SECONDS=4 here) moves the stranded ones to B.
+    wait_for(lambda: _all_finished(stranded + fresh), timeout=45, interval=0.3)
+    done = Job.objects.filter(public_id__in=stranded + fresh)
+    assert {(j.status, j.site_slug, j.attempts) for j in done} == {
+        (Job.Status.SUCCEEDED, SITE_B, 1)
+    }
+    jobs_run_reach(group_b.log("worker"), 2 * JOBS_PER_SITE)
+
+    # A's workers are back: A is live, and first again.
+    deployment.site_start(SITE_A)
+    wait_for(lambda: SITE_A in _live_sites(), timeout=10, interval=0.2)
+    time.sleep(routing.SNAPSHOT_SECONDS + 0.2)
+    back = _submit(deployment.base, token, 1)
+    wait_for(lambda: _all_finished(back), timeout=30, interval=0.3)
+    assert Job.objects.get(public_id=back[0]).site_slug == SITE_A
+    assert time.monotonic() - started < 120
+
+
 def test_draining_a_site_whose_workers_are_gone_moves_its_queued_jobs_to_an_active_one(
     deployment: Deployment,
 ):
-    """Routing knows Triton's health, not whether a site's workers run: the queued jobs
-    of a site whose machine is lost wait until the operator drains the site; then the
-    reaper hands them to an active site, where each runs once."""
+    """When no candidate site has live workers, jobs wait at the best site by health:
+    here A's workers are gone and B is drained, so they wait at A. The operator
+    drains A and reactivates B; the reaper hands them to B, where each runs once."""
     started = time.monotonic()
     _, _, token, _ = funded_tenant(10_000_000)  # not pinned: any site may serve it
     group_a, group_b = deployment.groups[SITE_A], deployment.groups[SITE_B]

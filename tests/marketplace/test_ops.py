@@ -17,7 +17,7 @@ from marketplace import ops_selectors
 from marketplace.models import AuditEvent, CatalogModel, Job, Tenant, WebhookDelivery
 from tests.factories import MembershipFactory, TenantFactory, UserFactory
 from tests.mfa import staff_force_login
-from workers import routing
+from workers import liveness, routing
 from workers.models import Deployment, Site, TritonServer
 
 pytestmark = pytest.mark.django_db
@@ -164,11 +164,20 @@ def test_sites_page_shows_live_health_and_load(site, staff):
 
 def test_sites_overview_marks_a_server_without_health_as_unknown(site):
     redis_client().delete(routing.HEALTH_KEY)
-    (row,) = ops_selectors.sites_overview({})
+    (row,) = ops_selectors.sites_overview(routing.Snapshot(health={}, live_sites=frozenset()))
     (server,) = row.servers
     assert not server.checked
     assert server.stale
     assert server.utilisation_percent == 0
+
+
+def test_sites_page_shows_whether_the_sites_job_workers_beat(site, staff):
+    assert "none heard from" in staff.get("/ops/").content.decode()
+    liveness.beat("site-a", "site-a@host-1")
+    text = staff.get("/ops/").content.decode()
+    assert "<dt>Job workers</dt><dd>live</dd>" in text
+    liveness.forget("site-a", "site-a@host-1")
+    assert "none heard from" in staff.get("/ops/").content.decode()
 
 
 def test_drain_sets_the_status_and_audits(site, staff):

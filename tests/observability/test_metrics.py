@@ -22,7 +22,7 @@ from marketplace.models import CatalogModel, Job, Tenant
 from observability import metrics, selectors
 from tests.factories import UserFactory
 from tests.mfa import staff_force_login
-from workers import routing
+from workers import liveness, routing
 from workers.dispatch import NoHealthySite
 from workers.models import Deployment, Site, TritonServer
 
@@ -228,6 +228,8 @@ def test_operator_gauges_report_queues_holds_backlog_and_sites(world, other_worl
     UsageRecord.objects.filter(pk=sent.pk).update(sent_at=timezone.now())
     _usage(other_world.tenant, "req:no-customer", 80)  # not sent until a first purchase
 
+    liveness.beat("obs-a", "obs-a@host-1")
+
     samples = _scrape()
 
     jobs = samples["cango_jobs_in_flight"]
@@ -242,6 +244,9 @@ def test_operator_gauges_report_queues_holds_backlog_and_sites(world, other_worl
     assert 590 < samples["cango_meter_backlog_oldest_seconds"][()] < 700
     assert samples["cango_site_servers_healthy"] == {(("site", "obs-a"),): 1}
     assert samples["cango_site_servers"] == {(("site", "obs-a"),): 2}
+    assert samples["cango_site_workers_live"] == {(("site", "obs-a"),): 1}
+    # The world fixtures' $100 grants; world's tenant has a Stripe customer, so its counts.
+    assert samples["cango_grant_mirror_backlog_records"][()] == 1
     assert set(samples["cango_metrics_source_up"].values()) == {1}
 
 

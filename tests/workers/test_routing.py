@@ -143,3 +143,20 @@ def test_breaker_opens_after_consecutive_failures_and_a_success_closes_it(monkey
     routing.breaker_record(7, ok=True)
     assert routing._state.breakers[7].open_until == 0.0
     routing.reset()
+
+
+def test_jobs_go_to_sites_with_live_workers_first_in_rank_order():
+    best_dead, live_b, live_c = (
+        _candidate(1, site="a"),
+        _candidate(2, site="b"),
+        _candidate(3, site="c"),
+    )
+    ranked = [best_dead, live_b, live_c]
+    assert routing.jobs_order(ranked, frozenset({"b", "c"})) == [live_b, live_c, best_dead]
+    assert routing.jobs_order(ranked, frozenset({"c"})) == [live_c, best_dead, live_b]
+
+
+def test_jobs_keep_the_health_order_when_no_candidate_site_is_live():
+    ranked = [_candidate(1, site="a"), _candidate(2, site="b")]
+    assert routing.jobs_order(ranked, frozenset()) == ranked
+    assert routing.jobs_order(ranked, frozenset({"elsewhere"})) == ranked
