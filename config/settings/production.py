@@ -16,8 +16,15 @@ DATABASES = databases(database_from_env(env.str("DATABASE_URL")))
 REDIS_URL = env.str("REDIS_URL")
 CACHES["default"]["LOCATION"] = REDIS_URL  # noqa: F405
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL)
-STRIPE_SECRET_KEY = env.str("STRIPE_SECRET_KEY")
-STRIPE_WEBHOOK_SECRET = env.str("STRIPE_WEBHOOK_SECRET")
+# A site's job worker (CANGO_WORKER_SITE) never calls Stripe or receives its webhooks:
+# the usage its jobs write is sent by the central default worker. Its machine need not
+# hold the Stripe keys, so they are required everywhere else only.
+if env.str("CANGO_WORKER_SITE", default=""):
+    STRIPE_SECRET_KEY = env.str("STRIPE_SECRET_KEY", default="")
+    STRIPE_WEBHOOK_SECRET = env.str("STRIPE_WEBHOOK_SECRET", default="")
+else:
+    STRIPE_SECRET_KEY = env.str("STRIPE_SECRET_KEY")
+    STRIPE_WEBHOOK_SECRET = env.str("STRIPE_WEBHOOK_SECRET")
 EMAIL_BACKEND = env.str("EMAIL_BACKEND", default="django.core.mail.backends.smtp.EmailBackend")
 
 WEBHOOK_ALLOW_PRIVATE_NETWORKS = env.bool("WEBHOOK_ALLOW_PRIVATE_NETWORKS", default=False)

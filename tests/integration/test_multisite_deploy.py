@@ -216,6 +216,10 @@ def _machine_env(workdir: Path, web_port: int, site_env: Path | None = None) -> 
         CANGO_BEAT_SCHEDULE=str(workdir / "celerybeat-schedule"),
         **WORKER_ENV,
     )
+    if site_env is not None:
+        # As the site example says: a site machine holds no Stripe keys.
+        for name in ("STRIPE_SECRET_KEY", "STRIPE_WEBHOOK_SECRET"):
+            env.pop(name)
     # What systemd gives a service: its env files and a plain PATH, not this shell's.
     return {"PATH": os.environ["PATH"], "PYTHONUNBUFFERED": "1", **env}
 

@@ -17,7 +17,11 @@ REQUIRED = {
 
 
 def _load(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if k not in REQUIRED and k != "DJANGO_SECRET_KEY"}
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in REQUIRED and k not in ("DJANGO_SECRET_KEY", "CANGO_WORKER_SITE")
+    }
     clean.update(env, DJANGO_SETTINGS_MODULE="config.settings.production")
     return subprocess.run(
         [sys.executable, "-c", "import django; django.setup(); print('ok')"],
@@ -42,6 +46,20 @@ def test_production_settings_refuse_a_missing_secret(missing):
     assert result.returncode != 0
     assert "ImproperlyConfigured" in result.stderr
     assert missing in result.stderr
+
+
+def test_a_site_worker_machine_needs_no_stripe_keys():
+    """Site workers run jobs; the central default worker talks to Stripe."""
+    env = {k: v for k, v in REQUIRED.items() if not k.startswith("STRIPE_")}
+    result = _load({**env, "CANGO_WORKER_SITE": "tx1"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+    # Everything else it still needs.
+    result = _load(
+        {**{k: v for k, v in env.items() if k != "DATABASE_URL"}, "CANGO_WORKER_SITE": "tx1"}
+    )
+    assert result.returncode != 0
+    assert "DATABASE_URL" in result.stderr
 
 
 def test_secret_key_fallbacks_keep_old_signatures_valid_during_a_rotation():
