@@ -16,6 +16,7 @@ connections: not a pooler in transaction mode that cannot carry prepared stateme
 
 import os
 import threading
+import time
 from typing import Any
 
 import psycopg
@@ -26,39 +27,66 @@ IDLE = psycopg.pq.TransactionStatus.IDLE
 
 
 class _Pool:
-    """Autocommit connections for one database alias, most recently used on top."""
+    """Autocommit connections for one database alias, most recently used on top.
+
+    A connection lives as long as Django's would (``CONN_MAX_AGE``, 300 s here), so
+    credentials, server settings and server-side idle limits are picked up the same way.
+    """
 
     def __init__(self, alias: str) -> None:
         self.alias = alias
         self.pid = os.getpid()
         self.lock = threading.Lock()
         self.idle: list[psycopg.Cursor[Any]] = []
+        self.opened_at: dict[int, float] = {}  # id(connection) -> time.monotonic()
+        max_age = connections[alias].settings_dict.get("CONN_MAX_AGE", 0)
+        self.max_age = None if max_age is None else float(max_age)  # None: no limit
 
     def take(self) -> psycopg.Cursor[Any]:
         with self.lock:
-            if self.idle:
-                return self.idle.pop()
+            while self.idle:
+                cursor = self.idle.pop()
+                if not self._expired(cursor):
+                    return cursor
+                self._close(cursor)
         params = connections[self.alias].get_connection_params()
         params.pop("cursor_factory", None)  # Django's binds on the client; we prepare
         if params.get("prepare_threshold") is None:
             params["prepare_threshold"] = 1  # else psycopg ignores prepare=True
         connection = psycopg.Connection.connect(**params, autocommit=True)
+        with self.lock:
+            self.opened_at[id(connection)] = time.monotonic()
         return psycopg.Cursor(connection)
 
     def give_back(self, cursor: psycopg.Cursor[Any]) -> None:
         connection = cursor.connection
-        if connection.closed or connection.info.transaction_status != IDLE:
-            connection.close()
-            return
         with self.lock:
+            if (
+                connection.closed
+                or connection.info.transaction_status != IDLE
+                or self._expired(cursor)
+            ):
+                self._close(cursor)
+                return
             self.idle.append(cursor)
+
+    def _expired(self, cursor: psycopg.Cursor[Any]) -> bool:
+        if self.max_age is None:
+            return False
+        opened = self.opened_at.get(id(cursor.connection), 0.0)
+        return time.monotonic() - opened >= self.max_age
+
+    def _close(self, cursor: psycopg.Cursor[Any]) -> None:
+        """Close a connection taken out of the pool (call with the lock held)."""
+        self.opened_at.pop(id(cursor.connection), None)
+        cursor.connection.close()
 
     def drop_all(self) -> None:
         """Close every idle connection: after one failed, the server likely restarted."""
         with self.lock:
             idle, self.idle = self.idle, []
-        for cursor in idle:
-            cursor.connection.close()
+            for cursor in idle:
+                self._close(cursor)
 
 
 _pools: dict[str, _Pool] = {}
@@ -99,7 +127,8 @@ def run(using: str, sql: str, params: dict[str, object]) -> Row | None:
             cursor.execute(sql, params, prepare=True)
             row = cursor.fetchone()
         except psycopg.OperationalError:
-            cursor.connection.close()
+            with pool.lock:
+                pool._close(cursor)
             pool.drop_all()
             raise
         except BaseException:

@@ -67,3 +67,16 @@ def test_inside_a_transaction_statements_roll_back_with_it(world):
     assert CreditAccount.objects.get(tenant=world.tenant).balance_micros == before
     assert not LedgerEntry.objects.filter(source="req:t1").exists()
     assert "default" not in statements._pools
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_connection_older_than_conn_max_age_is_replaced(world, monkeypatch):
+    _hold_and_settle(world, "req:m1")
+    pool = statements._pools["default"]
+    old = _backend("default")
+    monkeypatch.setattr(pool, "max_age", 0.0)  # as if CONN_MAX_AGE had passed
+    _hold_and_settle(world, "req:m2")
+    assert pool.idle == []  # given back expired: closed, not kept
+    monkeypatch.setattr(pool, "max_age", 300.0)
+    _hold_and_settle(world, "req:m3")
+    assert _backend("default") != old
