@@ -9,7 +9,7 @@ from billing.views import stripe_webhook
 from marketplace.api.errors import json_error_response, outage_response
 from marketplace.api.inference import ServerMetadataView
 from marketplace.views import SignupView
-from observability.views import metrics
+from observability.views import csp_report, metrics
 
 urlpatterns = [
     path("admin/", admin.site.urls),
@@ -24,6 +24,7 @@ urlpatterns = [
     path("v2/", include(("marketplace.api.v2_urls", "v2"), namespace="v2")),
     path("ops/", include("marketplace.ops_urls")),
     path("metrics", metrics, name="metrics"),  # observability: operator only, else 404
+    path("csp-report/", csp_report, name="csp-report"),
     path("", include("marketplace.urls")),
 ]
 

@@ -45,6 +45,12 @@ SYNC_INFERENCES = Counter(
     ["model", "site", "status"],
 )
 
+CSP_VIOLATIONS = Counter(
+    "cango_csp_violations",
+    "Content-Security-Policy violations browsers reported, by directive.",
+    ["directive"],
+)
+
 JOBS_KEY = "cango:metrics:jobs"
 WEBHOOKS_KEY = "cango:metrics:webhooks"
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})

@@ -504,6 +504,8 @@ CONTENT_SECURITY_POLICY = {
         # Forms post here only, and buying credit redirects to Stripe Checkout (or to
         # the Stripe-compatible server named by STRIPE_API_BASE in tests and the demo).
         "form-action": ["'self'", "https://checkout.stripe.com", *_stripe_origin()],
+        # Browsers report what the policy blocked (observability/views.py).
+        "report-uri": ["/csp-report/"],
     }
 }
 CSP_PATH_UPDATES: dict[str, dict[str, list[str]]] = {

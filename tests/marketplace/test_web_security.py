@@ -23,8 +23,8 @@ pytestmark = pytest.mark.django_db
 ROOT = settings.BASE_DIR
 # Routes that take no browser session, so CSRF does not apply: the API authenticates
 # by key in a header (its schema and docs are read-only), the Stripe webhook by its
-# signature.
-CSRF_EXEMPT_PREFIXES = ("/v1/", "/v2", "/api/", "/billing/stripe/webhook")
+# signature; browsers send CSP reports without a token, and a report changes nothing.
+CSRF_EXEMPT_PREFIXES = ("/v1/", "/v2", "/api/", "/billing/stripe/webhook", "/csp-report/")
 # A value for each URL argument: the first that reverses is used.
 ARGUMENT_GUESSES = ["1", "x", "marketplace", "x-1", "MQ", "set-password"]
 
