@@ -3,6 +3,7 @@
 State changes go through the same services as the portal, so each one is audited.
 """
 
+from datetime import timedelta
 from typing import Any
 
 from django import forms
@@ -112,9 +113,52 @@ def _status_action(
     return TemplateResponse(request, "admin/marketplace/tenant/status_change.html", context)
 
 
+_OVERLAP_HOURS = services.WEBHOOK_SECRET_OVERLAP // timedelta(hours=1)
+
+
+class _WriteOnlySecretField(forms.CharField):
+    """Changed only when a different value was typed: a blank box means "keep"."""
+
+    def has_changed(self, initial: object, data: object) -> bool:
+        return bool(data) and data != initial
+
+
+class TenantAdminForm(ModelForm[Tenant]):
+    """The webhook secret is write-only here: staff can replace it, never read it.
+
+    The previous secret (kept after a rotation) is not on the form at all; ending its
+    overlap early is done by clearing or moving ``webhook_secret_previous_until``.
+    """
+
+    webhook_secret = _WriteOnlySecretField(
+        required=False,
+        max_length=64,
+        widget=forms.PasswordInput(render_value=False),
+        help_text="Signs job-completion webhooks. Never shown; the tenant reveals it on its "
+        f"Keys page. Typing one replaces the secret at once, without the {_OVERLAP_HOURS}-hour "
+        "overlap of the “Rotate webhook signing secrets” action. Leave blank to keep it.",
+    )
+
+    class Meta:
+        model = Tenant
+        fields = (
+            "name",
+            "slug",
+            "region_pin",
+            "webhook_secret",
+            "webhook_secret_previous_until",
+            *services.TENANT_LIMIT_FIELDS,
+        )
+
+    def clean_webhook_secret(self) -> str:
+        typed: str = self.cleaned_data.get("webhook_secret") or ""
+        return typed or self.instance.webhook_secret
+
+
 @admin.register(Tenant)
 class TenantAdmin(AuditedModelAdmin[Tenant]):
     audit_name = "tenant"
+    form = TenantAdminForm
     list_display = (
         "name",
         "slug",
@@ -128,7 +172,7 @@ class TenantAdmin(AuditedModelAdmin[Tenant]):
     search_fields = ("name", "slug", "memberships__user__email")
     readonly_fields = ("status", "status_reason", "status_changed_at", "created_at")
     inlines = (MembershipInline,)
-    actions = ("suspend", "reactivate")
+    actions = ("suspend", "reactivate", "rotate_webhook_secret")
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Tenant]:
         # Balance and this month's usage as correlated subqueries: one query for the
@@ -179,6 +223,20 @@ class TenantAdmin(AuditedModelAdmin[Tenant]):
     @admin.action(description="Reactivate selected tenants (asks for a reason)")
     def reactivate(self, request: HttpRequest, queryset: QuerySet[Tenant]) -> HttpResponse | None:
         return _status_action(self, request, queryset, verb="reactivate", action_name="reactivate")
+
+    @admin.action(
+        description=f"Rotate webhook signing secrets (the old ones sign {_OVERLAP_HOURS} h more)"
+    )
+    def rotate_webhook_secret(self, request: HttpRequest, queryset: QuerySet[Tenant]) -> None:
+        """Rotate through the portal's audited service; staff never see the new secrets."""
+        for tenant in queryset:
+            services.webhook_secret_rotate(tenant=tenant, actor=request.user)  # type: ignore[arg-type]
+        self.message_user(
+            request,
+            f"{queryset.count()} tenant(s): new webhook secret, shown on their Keys page; "
+            f"the previous one also signs deliveries for {_OVERLAP_HOURS} hours.",
+            messages.SUCCESS,
+        )
 
 
 class MembershipAdminForm(ModelForm[Membership]):

@@ -94,6 +94,18 @@ class ApiKeyCreateForm(forms.Form):
         return None if dollars is None else int(dollars * 1_000_000)
 
 
+_WEBHOOK_ACTION_ERROR = "The field “action” must be “reveal” or “rotate”."
+
+
+class WebhookSecretForm(forms.Form):
+    """Which of the Keys page's webhook-secret buttons was pressed."""
+
+    action = forms.ChoiceField(
+        choices=[("reveal", "Reveal"), ("rotate", "Rotate")],
+        error_messages={"required": _WEBHOOK_ACTION_ERROR, "invalid_choice": _WEBHOOK_ACTION_ERROR},
+    )
+
+
 class InviteForm(forms.Form):
     email = forms.EmailField(label="E-mail address")
     role = forms.ChoiceField(label="Role", choices=Role.choices, initial=Role.DEVELOPER)

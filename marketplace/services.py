@@ -1,4 +1,4 @@
-"""Writes for tenants, members, invitations and API keys.
+"""Writes for tenants, members, invitations, API keys and webhook secrets.
 
 Each function is one action: it runs in one transaction, writes its audit row in
 that transaction, and sends e-mail only after commit.
@@ -27,6 +27,7 @@ from billing.models import LedgerEntry
 from . import keycache, keys
 from .exceptions import InvitationInvalid, LastOwnerError
 from .models import ApiKey, AuditEvent, Invitation, Membership, Role, Tenant, User
+from .models.tenants import webhook_secret_generate
 
 
 def audit_record(
@@ -54,7 +55,9 @@ def audit_record(
 #: Fields whose values never enter an audit event (only the fact that they changed):
 #: credentials, their hashes, and anything that signs or authenticates. Any field
 #: whose name contains one of ``_SECRET_WORDS`` counts too (``password1``, ``api_token``).
-AUDIT_SECRET_FIELDS = frozenset({"auth_header", "secret_hash", "token_hash", "webhook_secret"})
+AUDIT_SECRET_FIELDS = frozenset(
+    {"auth_header", "secret_hash", "token_hash", "webhook_secret", "webhook_secret_previous"}
+)
 _SECRET_WORDS = ("password", "secret", "token", "auth")
 AUDIT_REDACTED = "(changed; value not recorded)"
 
@@ -250,6 +253,54 @@ def api_key_revoke(*, key: ApiKey, actor: User | None) -> ApiKey:
         )
     key.refresh_from_db(fields=["revoked_at", "revoked_by"])
     return key
+
+
+#: How long a rotated-out webhook secret keeps signing deliveries next to the new one:
+#: time for a tenant to deploy the new secret to its receivers without rejecting one.
+WEBHOOK_SECRET_OVERLAP = timedelta(hours=24)
+
+
+@transaction.atomic
+def webhook_secret_reveal(*, tenant: Tenant, actor: User | None) -> str:
+    """Return the tenant's current webhook secret; who looked at it is audited."""
+    tenant.refresh_from_db(fields=["webhook_secret"])
+    audit_record(action="webhook_secret.revealed", actor=actor, target=tenant, tenant=tenant)
+    return tenant.webhook_secret
+
+
+def webhook_secret_rotate(*, tenant: Tenant, actor: User | None) -> str:
+    """Give the tenant a new webhook secret and return it.
+
+    The old one becomes the previous secret and keeps signing deliveries next to the
+    new one for ``WEBHOOK_SECRET_OVERLAP``; a second rotation within that time drops
+    the oldest, so at most two secrets ever sign. The tenant row is locked so two
+    concurrent rotations cannot both keep the same secret as previous. The audit
+    event says until when the previous secret signs, never either secret.
+    """
+    with transaction.atomic():
+        locked = Tenant.objects.select_for_update().get(pk=tenant.pk)
+        until = timezone.now() + WEBHOOK_SECRET_OVERLAP
+        locked.webhook_secret_previous = locked.webhook_secret
+        locked.webhook_secret_previous_until = until
+        locked.webhook_secret = webhook_secret_generate()
+        locked.save(
+            update_fields=[
+                "webhook_secret",
+                "webhook_secret_previous",
+                "webhook_secret_previous_until",
+            ]
+        )
+        audit_record(
+            action="webhook_secret.rotated",
+            actor=actor,
+            target=locked,
+            tenant=locked,
+            metadata={"previous_valid_until": until.isoformat()},
+        )
+    tenant.refresh_from_db(
+        fields=["webhook_secret", "webhook_secret_previous", "webhook_secret_previous_until"]
+    )
+    return locked.webhook_secret
 
 
 def _invitation_token_hash(token: str) -> str:

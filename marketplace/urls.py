@@ -19,6 +19,7 @@ urlpatterns = [
     path("billing/ledger.csv", views.billing_ledger_csv, name="billing_ledger_csv"),
     path("keys/", views.api_keys, name="api_keys"),
     path("keys/<int:pk>/revoke/", views.api_key_revoke, name="api_key_revoke"),
+    path("keys/webhook-secret/", views.webhook_secret, name="webhook_secret"),
     path("team/", views.team, name="team"),
     path("audit/", views.audit_page, name="audit"),
     path("audit.csv", views.audit_csv, name="audit_csv"),

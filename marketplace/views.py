@@ -46,7 +46,14 @@ from . import audit_display, catalog, inference, jobs, portal_selectors, selecto
 from .adapters import PENDING_INVITATION_SESSION_KEY
 from .catalog import CatalogEntry
 from .exceptions import DomainError, InvitationInvalid
-from .forms import ApiKeyCreateForm, AuditFilterForm, InviteForm, OrganisationForm, RoleForm
+from .forms import (
+    ApiKeyCreateForm,
+    AuditFilterForm,
+    InviteForm,
+    OrganisationForm,
+    RoleForm,
+    WebhookSecretForm,
+)
 from .models import (
     ApiKey,
     AuditEvent,
@@ -991,30 +998,74 @@ def tenant_switch(request: SignedInRequest) -> HttpResponse:
 @tenant_page(Permission.MANAGE_KEYS)
 def api_keys(request: PortalRequest) -> HttpResponse:
     """List keys; on a valid POST create one and show its token this once."""
-    tenant = request.tenant
     form = ApiKeyCreateForm(request.POST or None)
-    created_token = None
-    created_key = None
-    if request.method == "POST" and form.is_valid():
-        created_key, created_token = services.api_key_create(
-            tenant=tenant,
-            actor=request.user,
-            name=form.cleaned_data["name"],
-            expires_at=form.cleaned_data["expires_on"],
-            allowed_models=form.cleaned_data["allowed_models"],
-            monthly_spend_cap_micros=form.cleaned_cap_micros(),
-        )
-        form = ApiKeyCreateForm()
-    status = 400 if request.method == "POST" and created_key is None else 200
+    if request.method != "POST":
+        return _api_keys_render(request, form=form)
+    if not form.is_valid():
+        return _api_keys_render(request, form=form, status=400)
+    created_key, created_token = services.api_key_create(
+        tenant=request.tenant,
+        actor=request.user,
+        name=form.cleaned_data["name"],
+        expires_at=form.cleaned_data["expires_on"],
+        allowed_models=form.cleaned_data["allowed_models"],
+        monthly_spend_cap_micros=form.cleaned_cap_micros(),
+    )
+    return _api_keys_render(request, created_key=created_key, created_token=created_token)
+
+
+@never_cache
+@require_POST
+@tenant_page(Permission.MANAGE_KEYS)
+def webhook_secret(request: PortalRequest) -> HttpResponse:
+    """Reveal or rotate the webhook signing secret and show it in this answer only.
+
+    The Keys page is rendered here rather than redirected to, so the secret never
+    travels in a URL or a flash message and a GET of the page never holds it.
+    """
+    form = WebhookSecretForm(request.POST)
+    if not form.is_valid():
+        return _api_keys_render(request, webhook_form=form, status=400)
+    rotated = form.cleaned_data["action"] == "rotate"
+    change = services.webhook_secret_rotate if rotated else services.webhook_secret_reveal
+    secret = change(tenant=request.tenant, actor=request.user)
+    return _api_keys_render(request, webhook_secret=secret, webhook_rotated=rotated)
+
+
+def _api_keys_render(
+    request: PortalRequest,
+    *,
+    form: ApiKeyCreateForm | None = None,
+    created_key: ApiKey | None = None,
+    created_token: str | None = None,
+    webhook_form: WebhookSecretForm | None = None,
+    webhook_secret: str | None = None,
+    webhook_rotated: bool = False,
+    status: int = 200,
+) -> HttpResponse:
+    """The Keys page: the keys, the create form and the webhook signing secret's card.
+
+    ``created_token`` and ``webhook_secret`` are shown only in the answer to the POST
+    that made or revealed them.
+    """
+    tenant = request.tenant
+    previous_signs = len(tenant.webhook_secrets()) > 1
     return render(
         request,
         "portal/api_keys.html",
         {
             "nav": "keys",
-            "form": form,
+            "form": form or ApiKeyCreateForm(),
             "keys": selectors.api_keys_list(tenant=tenant),
             "created_key": created_key,
             "created_token": created_token,
+            "webhook_form": webhook_form,
+            "webhook_secret": webhook_secret,
+            "webhook_rotated": webhook_rotated,
+            "webhook_overlap_hours": services.WEBHOOK_SECRET_OVERLAP // timedelta(hours=1),
+            "webhook_previous_until": (
+                tenant.webhook_secret_previous_until if previous_signs else None
+            ),
         },
         status=status,
     )

@@ -3,7 +3,10 @@
 The POST body is the job as ``GET /v1/jobs/{id}`` shows it. The header
 ``Cango-Signature: t=<unix time>,v1=<hex>`` carries HMAC-SHA256 of ``"<t>.<body>"``
 keyed with the tenant's webhook secret; receivers should check it and reject
-timestamps older than a few minutes.
+timestamps older than a few minutes. For a day after the tenant rotates its secret
+the header carries one ``v1`` per secret, the new one first
+(``t=<t>,v1=<new>,v1=<previous>``), as Stripe does during a roll: a receiver that
+accepts any matching ``v1`` keeps working while it moves to the new secret.
 """
 
 import hashlib
@@ -14,6 +17,8 @@ import socket
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
 from django.conf import settings
@@ -26,9 +31,20 @@ class WebhookUrlRefused(ValueError):
     pass
 
 
+def _mac(secret: str, timestamp: int, body: bytes) -> str:
+    return hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+
+
+def signature_header(secrets: Sequence[str], timestamp: int, body: bytes) -> str:
+    """``t=<t>,v1=<hex>[,v1=<hex>…]``: one ``v1`` per secret, in the order given."""
+    if not secrets:
+        raise ValueError("A webhook is signed with at least one secret.")
+    return ",".join([f"t={timestamp}", *(f"v1={_mac(s, timestamp, body)}" for s in secrets)])
+
+
 def signature(secret: str, timestamp: int, body: bytes) -> str:
-    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
-    return f"t={timestamp},v1={mac.hexdigest()}"
+    """The header for one secret: ``t=<t>,v1=<hex>``."""
+    return signature_header([secret], timestamp, body)
 
 
 def url_check(url: str) -> None:
@@ -62,6 +78,8 @@ def deliver(job_id: int, attempt: int) -> bool:
     job = Job.objects.select_related("tenant", "model").get(pk=job_id)
     body = json.dumps(job_representation(job), separators=(",", ":")).encode()
     timestamp = int(time.time())
+    # Which secrets sign is decided at the signed time ``t``, not a moment later.
+    secrets = job.tenant.webhook_secrets(now=datetime.fromtimestamp(timestamp, tz=UTC))
     request = urllib.request.Request(  # noqa: S310 - scheme checked by url_check
         job.webhook_url,
         data=body,
@@ -69,7 +87,7 @@ def deliver(job_id: int, attempt: int) -> bool:
         headers={
             "Content-Type": "application/json",
             "User-Agent": "Cango-Webhooks/1",
-            "Cango-Signature": signature(job.tenant.webhook_secret, timestamp, body),
+            "Cango-Signature": signature_header(secrets, timestamp, body),
             "Cango-Event": f"job.{job.status}",
         },
     )

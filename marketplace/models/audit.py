@@ -36,6 +36,8 @@ class AuditEvent(models.Model):
         "tenant.reactivated": "Organisation reactivated",
         "api_key.created": "API key created",
         "api_key.revoked": "API key revoked",
+        "webhook_secret.revealed": "Webhook signing secret revealed",
+        "webhook_secret.rotated": "Webhook signing secret rotated",
         "invitation.created": "Invitation sent",
         "invitation.revoked": "Invitation withdrawn",
         "invitation.deleted": "Invitation deleted by staff",
@@ -69,7 +71,8 @@ class AuditEvent(models.Model):
     TENANT_ACTIONS: ClassVar[tuple[str, ...]] = tuple(
         a
         for a in ACTIONS
-        if a.split(".")[0] in {"tenant", "api_key", "invitation", "membership", "credit", "billing"}
+        if a.split(".")[0]
+        in {"tenant", "api_key", "webhook_secret", "invitation", "membership", "credit", "billing"}
     )
 
     class Meta:

@@ -1,9 +1,11 @@
 import secrets
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
+from django.utils import timezone
 
 
 def webhook_secret_generate() -> str:
@@ -37,6 +39,12 @@ class Tenant(models.Model):
         default=webhook_secret_generate,
         help_text="Signs job-completion webhooks (HMAC-SHA256).",
     )
+    # After a rotation the old secret keeps signing (next to the new one) for a while,
+    # so receivers can switch without rejecting a delivery.
+    webhook_secret_previous = models.CharField(max_length=64, blank=True)
+    webhook_secret_previous_until = models.DateTimeField(
+        null=True, blank=True, help_text="The previous webhook secret also signs until then."
+    )
     tier = models.CharField(
         max_length=16,
         choices=Tier.choices,
@@ -67,6 +75,16 @@ class Tenant(models.Model):
     @property
     def is_suspended(self) -> bool:
         return self.status == self.Status.SUSPENDED
+
+    def webhook_secrets(self, now: datetime | None = None) -> list[str]:
+        """The secrets that sign a delivery made at ``now``: the current one first, then
+        the previous one while its overlap after a rotation lasts."""
+        valid = [self.webhook_secret]
+        until = self.webhook_secret_previous_until
+        now = now or timezone.now()
+        if self.webhook_secret_previous and until is not None and now < until:
+            valid.append(self.webhook_secret_previous)
+        return valid
 
 
 class TenantQuerySet(models.QuerySet[Any]):

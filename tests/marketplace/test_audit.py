@@ -257,6 +257,55 @@ def test_tenant_edit_is_audited_to_the_tenant_without_the_webhook_secret(
     assert "whsec_new-and-secret" not in text
 
 
+def test_tenant_webhook_secrets_are_write_only_in_the_admin(world, staff, staff_client):
+    """Neither the secret nor the one kept after a rotation is ever on the page; a
+    blank box keeps the secret, and an unchanged submission records nothing."""
+    old = world.tenant.webhook_secret
+    new = services.webhook_secret_rotate(tenant=world.tenant, actor=None)
+    url = f"/admin/marketplace/tenant/{world.tenant.pk}/change/"
+    page = staff_client.get(url).content.decode()
+    assert old not in page
+    assert new not in page
+    data = _admin_page_data(staff_client, url)
+    assert "webhook_secret_previous" not in data
+
+    before = _last_id()
+    assert staff_client.post(url, {**data, "webhook_secret": ""}).status_code == 302
+    assert staff_client.post(url, data).status_code == 302
+    assert _last_id() == before
+    world.tenant.refresh_from_db()
+    assert world.tenant.webhook_secrets() == [new, old]
+
+    # After a leak staff end the overlap: the previous secret stops signing at once.
+    cleared = {**data, "webhook_secret_previous_until_0": "", "webhook_secret_previous_until_1": ""}
+    assert staff_client.post(url, cleared).status_code == 302
+    world.tenant.refresh_from_db()
+    assert world.tenant.webhook_secrets() == [new]
+    event = _assert_one_event(before, "tenant.changed", actor=staff, tenant=world.tenant)
+    assert old not in json.dumps(event.metadata)
+
+
+def test_staff_rotate_webhook_secrets_with_the_overlap_and_never_see_them(
+    world, other_world, staff, staff_client
+):
+    old = world.tenant.webhook_secret
+    before = _last_id()
+    response = staff_client.post(
+        "/admin/marketplace/tenant/",
+        {"action": "rotate_webhook_secret", ACTION_CHECKBOX_NAME: [world.tenant.pk]},
+        follow=True,
+    )
+    assert response.status_code == 200
+    world.tenant.refresh_from_db()
+    assert world.tenant.webhook_secret != old
+    assert world.tenant.webhook_secrets() == [world.tenant.webhook_secret, old]
+    assert world.tenant.webhook_secret not in response.content.decode()
+    event = _assert_one_event(before, "webhook_secret.rotated", actor=staff, tenant=world.tenant)
+    assert set(event.metadata) == {"previous_valid_until"}
+    other_world.tenant.refresh_from_db()
+    assert other_world.tenant.webhook_secret_previous == ""
+
+
 def test_member_role_change_in_the_admin_goes_through_the_service(world, staff, staff_client):
     member = MembershipFactory.create(tenant=world.tenant, role=Role.DEVELOPER)
     url = f"/admin/marketplace/membership/{member.pk}/change/"
