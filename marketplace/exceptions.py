@@ -48,3 +48,10 @@ class JobConflict(DomainError):
 class JobNotCancelable(DomainError):
     code = "job_not_cancelable"
     status = 409
+
+
+class WebhookSecretChanged(DomainError):
+    """The rotate form named a secret that is no longer the current one."""
+
+    code = "webhook_secret_changed"
+    status = 409

@@ -98,12 +98,20 @@ _WEBHOOK_ACTION_ERROR = "The field “action” must be “reveal” or “rotat
 
 
 class WebhookSecretForm(forms.Form):
-    """Which of the Keys page's webhook-secret buttons was pressed."""
+    """Which of the Keys page's webhook-secret buttons was pressed; a rotation also
+    names the secret it replaces (``Tenant.webhook_secret_fingerprint``)."""
 
     action = forms.ChoiceField(
         choices=[("reveal", "Reveal"), ("rotate", "Rotate")],
         error_messages={"required": _WEBHOOK_ACTION_ERROR, "invalid_choice": _WEBHOOK_ACTION_ERROR},
     )
+    current = forms.CharField(required=False, max_length=64)
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        if cleaned.get("action") == "rotate" and not cleaned.get("current"):
+            self.add_error("current", "The field “current” is required to rotate.")
+        return cleaned
 
 
 class InviteForm(forms.Form):

@@ -25,7 +25,7 @@ from billing.forms import BillingSettingsForm
 from billing.models import LedgerEntry
 
 from . import keycache, keys
-from .exceptions import InvitationInvalid, LastOwnerError
+from .exceptions import InvitationInvalid, LastOwnerError, WebhookSecretChanged
 from .models import ApiKey, AuditEvent, Invitation, Membership, Role, Tenant, User
 from .models.tenants import webhook_secret_generate
 
@@ -268,7 +268,9 @@ def webhook_secret_reveal(*, tenant: Tenant, actor: User | None) -> str:
     return tenant.webhook_secret
 
 
-def webhook_secret_rotate(*, tenant: Tenant, actor: User | None) -> str:
+def webhook_secret_rotate(
+    *, tenant: Tenant, actor: User | None, expected_fingerprint: str | None = None
+) -> str:
     """Give the tenant a new webhook secret and return it.
 
     The old one becomes the previous secret and keeps signing deliveries next to the
@@ -276,9 +278,23 @@ def webhook_secret_rotate(*, tenant: Tenant, actor: User | None) -> str:
     the oldest, so at most two secrets ever sign. The tenant row is locked so two
     concurrent rotations cannot both keep the same secret as previous. The audit
     event says until when the previous secret signs, never either secret.
+
+    ``expected_fingerprint`` (the portal's form): rotate only if the current secret is
+    still the one the form was shown with; else ``WebhookSecretChanged`` and nothing
+    changes, so a form sent twice (a refresh) cannot push out the secret just kept.
     """
     with transaction.atomic():
         locked = Tenant.objects.select_for_update().get(pk=tenant.pk)
+        if (
+            expected_fingerprint is not None
+            and expected_fingerprint != locked.webhook_secret_fingerprint
+        ):
+            raise WebhookSecretChanged(
+                "The webhook secret was rotated after this page was loaded (a second "
+                "submission, or someone else); nothing was changed. Reveal the secret "
+                "to see the current one.",
+                field="current",
+            )
         until = timezone.now() + WEBHOOK_SECRET_OVERLAP
         locked.webhook_secret_previous = locked.webhook_secret
         locked.webhook_secret_previous_until = until

@@ -45,7 +45,7 @@ from workers.triton import TritonError, TritonRejected
 from . import audit_display, catalog, inference, jobs, portal_selectors, selectors, services
 from .adapters import PENDING_INVITATION_SESSION_KEY
 from .catalog import CatalogEntry
-from .exceptions import DomainError, InvitationInvalid
+from .exceptions import DomainError, InvitationInvalid, WebhookSecretChanged
 from .forms import (
     ApiKeyCreateForm,
     AuditFilterForm,
@@ -1026,10 +1026,19 @@ def webhook_secret(request: PortalRequest) -> HttpResponse:
     form = WebhookSecretForm(request.POST)
     if not form.is_valid():
         return _api_keys_render(request, webhook_form=form, status=400)
-    rotated = form.cleaned_data["action"] == "rotate"
-    change = services.webhook_secret_rotate if rotated else services.webhook_secret_reveal
-    secret = change(tenant=request.tenant, actor=request.user)
-    return _api_keys_render(request, webhook_secret=secret, webhook_rotated=rotated)
+    if form.cleaned_data["action"] == "reveal":
+        secret = services.webhook_secret_reveal(tenant=request.tenant, actor=request.user)
+        return _api_keys_render(request, webhook_secret=secret)
+    try:
+        secret = services.webhook_secret_rotate(
+            tenant=request.tenant,
+            actor=request.user,
+            expected_fingerprint=form.cleaned_data["current"],
+        )
+    except WebhookSecretChanged as exc:
+        form.add_error("current", exc.message)
+        return _api_keys_render(request, webhook_form=form, status=exc.status)
+    return _api_keys_render(request, webhook_secret=secret, webhook_rotated=True)
 
 
 def _api_keys_render(
@@ -1063,6 +1072,7 @@ def _api_keys_render(
             "webhook_secret": webhook_secret,
             "webhook_rotated": webhook_rotated,
             "webhook_overlap_hours": services.WEBHOOK_SECRET_OVERLAP // timedelta(hours=1),
+            "webhook_fingerprint": tenant.webhook_secret_fingerprint,
             "webhook_previous_until": (
                 tenant.webhook_secret_previous_until if previous_signs else None
             ),

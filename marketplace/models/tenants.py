@@ -1,3 +1,4 @@
+import hashlib
 import secrets
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Self
@@ -75,6 +76,12 @@ class Tenant(models.Model):
     @property
     def is_suspended(self) -> bool:
         return self.status == self.Status.SUSPENDED
+
+    @property
+    def webhook_secret_fingerprint(self) -> str:
+        """Names the current secret without revealing it (the rotate form carries it, so
+        a form sent twice, or after someone else rotated, does not rotate again)."""
+        return hashlib.sha256(self.webhook_secret.encode()).hexdigest()[:16]
 
     def webhook_secrets(self, now: datetime | None = None) -> list[str]:
         """The secrets that sign a delivery made at ``now``: the current one first, then

@@ -36,6 +36,19 @@ def _shown_secret(html: str) -> str | None:
     return unescape(found.group(1)) if found else None
 
 
+def _form_current(client: Client) -> str:
+    """The secret's fingerprint that the Keys page's rotate form carries."""
+    html = client.get("/keys/").content.decode()
+    match = re.search(r'name="current" value="([0-9a-f]{16})"', html)
+    assert match, "the rotate form names the current secret"
+    return match.group(1)
+
+
+def _rotate(client: Client) -> Any:
+    """Press "Rotate secret" on the Keys page as it is now."""
+    return client.post(URL, {"action": "rotate", "current": _form_current(client)})
+
+
 def _secret_events(tenant: Tenant) -> list[AuditEvent]:
     return list(
         AuditEvent.objects.filter(tenant=tenant, action__startswith="webhook_secret.").order_by(
@@ -108,7 +121,7 @@ def test_admins_and_developers_may_reveal_and_rotate(world, role):
     member = MembershipFactory.create(tenant=world.tenant, role=role)
     client = _client(member)
     assert client.post(URL, {"action": "reveal"}).status_code == 200
-    assert client.post(URL, {"action": "rotate"}).status_code == 200
+    assert _rotate(client).status_code == 200
     assert [e.actor for e in _secret_events(world.tenant)] == [member.user, member.user]
 
 
@@ -132,7 +145,7 @@ def test_another_tenants_member_reaches_only_their_own_secret(world, other_world
     session.save()
 
     revealed = client.post(URL, {"action": "reveal"})
-    rotated = client.post(URL, {"action": "rotate"})
+    rotated = _rotate(client)
 
     assert _shown_secret(revealed.content.decode()) == other_world.tenant.webhook_secret
     other_world.tenant.refresh_from_db()
@@ -168,7 +181,7 @@ def test_rotate_shows_a_new_secret_and_keeps_the_old_one_signing_for_24_hours(wo
     old = world.tenant.webhook_secret
     started = timezone.now()
 
-    response = client.post(URL, {"action": "rotate"})
+    response = _rotate(client)
 
     assert response.status_code == 200
     new, previous, until = _secrets_of(world.tenant)
@@ -201,9 +214,9 @@ def test_rotate_shows_a_new_secret_and_keeps_the_old_one_signing_for_24_hours(wo
 def test_rotating_twice_within_the_overlap_drops_the_oldest_secret(world):
     client = _client(world.membership)
     first = world.tenant.webhook_secret
-    client.post(URL, {"action": "rotate"})
+    _rotate(client)
     second = _secrets_of(world.tenant)[0]
-    response = client.post(URL, {"action": "rotate"})
+    response = _rotate(client)
     third, previous, _ = _secrets_of(world.tenant)
 
     assert len({first, second, third}) == 3
@@ -212,6 +225,32 @@ def test_rotating_twice_within_the_overlap_drops_the_oldest_secret(world):
     assert first not in world.tenant.webhook_secrets()
     assert _shown_secret(response.content.decode()) == third
     assert [e.action for e in _secret_events(world.tenant)] == ["webhook_secret.rotated"] * 2
+
+
+def test_the_same_rotate_form_sent_twice_rotates_once(world):
+    """A refresh of the answer page resends the POST: it must not push out the
+    secret that the first rotation kept signing."""
+    client = _client(world.membership)
+    first = world.tenant.webhook_secret
+    form = {"action": "rotate", "current": _form_current(client)}
+    assert client.post(URL, form).status_code == 200
+    second = _secrets_of(world.tenant)[0]
+
+    again = client.post(URL, form)
+
+    assert again.status_code == 409
+    assert "rotated after this page was loaded" in unescape(again.content.decode())
+    assert second not in again.content.decode()
+    assert _secrets_of(world.tenant)[:2] == (second, first)
+    assert [e.action for e in _secret_events(world.tenant)] == ["webhook_secret.rotated"]
+
+
+def test_rotate_without_naming_the_current_secret_is_400_naming_the_field(world):
+    before = _secrets_of(world.tenant)
+    response = _client(world.membership).post(URL, {"action": "rotate"})
+    assert response.status_code == 400
+    assert "The field “current” is required to rotate." in unescape(response.content.decode())
+    assert _secrets_of(world.tenant) == before
 
 
 def test_the_service_rotates_and_returns_the_new_secret(world):
