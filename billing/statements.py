@@ -138,10 +138,17 @@ def run(using: str, sql: str, params: dict[str, object]) -> Row | None:
     return row
 
 
-def reset() -> None:
-    """Close every pooled connection (tests, and before a process forks)."""
+def drop_idle() -> None:
+    """Close every pool's idle connections: the database went away (or restarted), so
+    they are most likely dead; the next statements connect afresh."""
     with _pools_lock:
         pools = list(_pools.values())
-        _pools.clear()
     for pool in pools:
         pool.drop_all()
+
+
+def reset() -> None:
+    """Forget the pools and close their idle connections (tests)."""
+    drop_idle()
+    with _pools_lock:
+        _pools.clear()

@@ -55,3 +55,12 @@ class WebhookSecretChanged(DomainError):
 
     code = "webhook_secret_changed"
     status = 409
+
+
+class ChargeNotRecorded(DomainError):
+    """A sync call ran, but its hold was gone when it came to be charged (PostgreSQL
+    lost it in a crash, or the process stalled past its expiry). The output is
+    withheld rather than given away; the client retries and pays once."""
+
+    code = "service_unavailable"
+    status = 503

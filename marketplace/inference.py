@@ -8,6 +8,7 @@ call that fails is released without charge.
 """
 
 import json
+import logging
 import uuid
 from dataclasses import dataclass
 
@@ -21,11 +22,12 @@ from workers.dispatch import Dispatched, NoHealthySite, SitesUnavailable, dispat
 from workers.triton import TritonRejected
 
 from . import catalog, pricing
-from .exceptions import DomainError
+from .exceptions import ChargeNotRecorded, DomainError
 from .models import ApiKey, CatalogModel, Tenant
 from .pricing import Usage
 
 Unit = CatalogModel.PricingUnit
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,13 +159,19 @@ def _charged(
         raise
     sync_inference_count(model=model.slug, site=done.candidate.site_slug, status="ok")
     usage = pricing.usage(model, units)
-    ledger.credit_settle(
+    settled = ledger.credit_settle(
         hold=hold,
         cost_micros=usage.cost_micros,
         units=units,
         model_slug=model.slug,
         source=source,
     )
+    if settled is None:
+        logger.error(
+            "sync call not charged: its hold was gone",
+            extra={"reservation_id": hold.reservation_id, "model": model.slug},
+        )
+        raise ChargeNotRecorded("The call could not be charged; nothing was. Retry it.")
     return done, usage, max_cost
 
 

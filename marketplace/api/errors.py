@@ -20,6 +20,7 @@ from rest_framework import exceptions
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
+from billing import statements
 from billing.exceptions import BillingError
 from marketplace.exceptions import DomainError
 from marketplace.logging import request_id_var
@@ -134,6 +135,7 @@ def _outage_noted(exc: Exception) -> str:
     if database:
         for connection in connections.all(initialized_only=True):
             connection.close()
+        statements.drop_idle()  # the ledger's pooled connections went the same way
     service = "database" if database else "redis"
     # One line per refused request; a traceback each would bury the outage's start.
     logger.warning("%s unavailable; answering 503: %s: %s", service, type(exc).__name__, exc)
@@ -178,6 +180,7 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         return Response(
             error_body(status_code=exc.status, message=exc.message, code=exc.code, field=exc.field),
             status=exc.status,
+            headers={"Retry-After": "1"} if exc.status == 503 else None,
         )
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()

@@ -1,0 +1,85 @@
+"""A sync call whose hold vanished before its charge is not served for free.
+
+Holds are written without waiting for the WAL flush; a PostgreSQL crash can lose
+one while the call runs (or a stalled process can outlive its expiry). The settle
+then finds nothing to charge against: the call answers 503 and nothing is booked.
+"""
+
+import pytest
+
+from billing import ledger
+from billing.models import CreditAccount, LedgerEntry, Reservation, UsageRecord
+from marketplace import inference
+from marketplace.exceptions import ChargeNotRecorded
+from marketplace.models import CatalogModel
+from marketplace.pricing import Usage
+from workers import triton
+from workers.dispatch import Dispatched
+from workers.routing import Candidate
+from workers.triton import Endpoint
+
+pytestmark = pytest.mark.django_db(transaction=True)  # holds use their own connection
+
+
+def _done() -> Dispatched:
+    candidate = Candidate(
+        deployment_id=1,
+        server_id=1,
+        site_slug="a",
+        region="us",
+        power_usd_per_mwh=30.0,
+        max_concurrency=4,
+        triton_model_name="echo",
+        triton_model_version="1",
+        endpoint=Endpoint(1, "127.0.0.1", 9),
+    )
+    response = triton.Response(status=200, headers={}, body=b'{"outputs": []}')
+    return Dispatched(response=response, candidate=candidate, elapsed_us=500)
+
+
+def _charge(world, model: CatalogModel) -> tuple[Dispatched, Usage, int]:
+    return inference._charged(
+        tenant=world.tenant,
+        key=world.key,
+        model=model,
+        max_units=1,
+        input_elements=1,
+        body=b"{}",
+        headers={},
+    )
+
+
+def test_a_call_whose_hold_was_lost_is_refused_and_books_nothing(world, monkeypatch):
+    model = CatalogModel.objects.create(slug="lost-echo", name="echo", price_micros=10)
+    balance = CreditAccount.objects.get(tenant=world.tenant).balance_micros
+
+    def dispatch_while_the_hold_is_lost(**kwargs: object) -> Dispatched:
+        (hold,) = Reservation.objects.filter(tenant=world.tenant, status="open")
+        assert ledger.credit_release(reservation_id=hold.pk)  # as expiry would
+        return _done()
+
+    monkeypatch.setattr(inference, "dispatch", dispatch_while_the_hold_is_lost)
+    with pytest.raises(ChargeNotRecorded):
+        _charge(world, model)
+
+    account = CreditAccount.objects.get(tenant=world.tenant)
+    assert (account.balance_micros, account.reserved_micros) == (balance, 0)
+    assert not LedgerEntry.objects.filter(tenant=world.tenant, kind="usage").exists()
+    assert not UsageRecord.objects.filter(tenant=world.tenant).exists()
+
+
+def test_an_ordinary_call_is_charged_once(world, monkeypatch):
+    model = CatalogModel.objects.create(slug="kept-echo", name="echo", price_micros=10)
+    monkeypatch.setattr(inference, "dispatch", lambda **kwargs: _done())
+    _, usage, _ = _charge(world, model)
+    entry = LedgerEntry.objects.get(tenant=world.tenant, kind="usage")
+    assert entry.amount_micros == -usage.cost_micros
+
+
+def test_the_api_answers_it_with_503_and_retry_after():
+    from marketplace.api.errors import exception_handler
+
+    response = exception_handler(ChargeNotRecorded("not charged"), {})
+    assert response is not None
+    assert (response.status_code, response.headers["Retry-After"]) == (503, "1")
+    assert response.data["error"]["code"] == "service_unavailable"
