@@ -64,3 +64,17 @@ class ChargeNotRecorded(DomainError):
 
     code = "service_unavailable"
     status = 503
+
+
+class ApiKeyAlreadyCreated(DomainError):
+    """The key form was sent again (a refresh): its key exists; its token is not shown again."""
+
+    code = "already_created"
+    status = 409
+
+    def __init__(self, key_name: str) -> None:
+        super().__init__(
+            f"This form was already sent: the key “{key_name}” was created then. Its token "
+            "is shown only once; if you did not copy it, revoke that key and create another.",
+            field="token",
+        )

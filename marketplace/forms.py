@@ -1,3 +1,4 @@
+import uuid
 from collections.abc import Iterable
 from datetime import UTC, datetime, time
 from typing import Any
@@ -45,6 +46,8 @@ def _model_ids(raw: str) -> list[str]:
 
 
 class ApiKeyCreateForm(forms.Form):
+    # One per rendered form: sent twice (a refresh of the answer), it makes one key.
+    token = forms.UUIDField(widget=forms.HiddenInput, required=False, initial=uuid.uuid4)
     name = forms.CharField(label="Name", max_length=100, help_text="Where the key is used.")
     expires_on = forms.DateField(
         label="Expires on",

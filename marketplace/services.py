@@ -25,7 +25,12 @@ from billing.forms import BillingSettingsForm
 from billing.models import LedgerEntry
 
 from . import keycache, keys
-from .exceptions import InvitationInvalid, LastOwnerError, WebhookSecretChanged
+from .exceptions import (
+    ApiKeyAlreadyCreated,
+    InvitationInvalid,
+    LastOwnerError,
+    WebhookSecretChanged,
+)
 from .models import ApiKey, AuditEvent, Invitation, Membership, Role, Tenant, User
 from .models.tenants import webhook_secret_generate
 
@@ -213,19 +218,32 @@ def api_key_create(
     expires_at: datetime | None = None,
     allowed_models: list[str] | None = None,
     monthly_spend_cap_micros: int | None = None,
+    creation_token: uuid.UUID | None = None,
 ) -> tuple[ApiKey, str]:
-    """Create a key and return it with its token. The token is never stored or shown again."""
+    """Create a key and return it with its token. The token is never stored or shown again.
+
+    ``creation_token`` (the portal form's): a second call with the same one creates
+    nothing and raises ``ApiKeyAlreadyCreated``.
+    """
     public_id, token = keys.token_generate()
-    key = ApiKey.objects.create(
-        tenant=tenant,
-        name=name.strip(),
-        public_id=public_id,
-        secret_hash=keys.token_hash(token),
-        expires_at=expires_at,
-        allowed_models=sorted(set(allowed_models or [])),
-        monthly_spend_cap_micros=monthly_spend_cap_micros,
-        created_by=actor,
-    )
+    try:
+        with transaction.atomic():
+            key = ApiKey.objects.create(
+                tenant=tenant,
+                name=name.strip(),
+                public_id=public_id,
+                secret_hash=keys.token_hash(token),
+                expires_at=expires_at,
+                allowed_models=sorted(set(allowed_models or [])),
+                monthly_spend_cap_micros=monthly_spend_cap_micros,
+                created_by=actor,
+                creation_token=creation_token,
+            )
+    except IntegrityError:
+        existing = ApiKey.objects.filter(tenant=tenant, creation_token=creation_token).first()
+        if creation_token is None or existing is None:
+            raise
+        raise ApiKeyAlreadyCreated(existing.name) from None
     audit_record(
         action="api_key.created",
         actor=actor,

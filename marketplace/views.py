@@ -45,7 +45,12 @@ from workers.triton import TritonError, TritonRejected
 from . import audit_display, catalog, inference, jobs, portal_selectors, selectors, services
 from .adapters import PENDING_INVITATION_SESSION_KEY
 from .catalog import CatalogEntry
-from .exceptions import DomainError, InvitationInvalid, WebhookSecretChanged
+from .exceptions import (
+    ApiKeyAlreadyCreated,
+    DomainError,
+    InvitationInvalid,
+    WebhookSecretChanged,
+)
 from .forms import (
     ApiKeyCreateForm,
     AuditFilterForm,
@@ -1003,14 +1008,19 @@ def api_keys(request: PortalRequest) -> HttpResponse:
         return _api_keys_render(request, form=form)
     if not form.is_valid():
         return _api_keys_render(request, form=form, status=400)
-    created_key, created_token = services.api_key_create(
-        tenant=request.tenant,
-        actor=request.user,
-        name=form.cleaned_data["name"],
-        expires_at=form.cleaned_data["expires_on"],
-        allowed_models=form.cleaned_data["allowed_models"],
-        monthly_spend_cap_micros=form.cleaned_cap_micros(),
-    )
+    try:
+        created_key, created_token = services.api_key_create(
+            tenant=request.tenant,
+            actor=request.user,
+            name=form.cleaned_data["name"],
+            expires_at=form.cleaned_data["expires_on"],
+            allowed_models=form.cleaned_data["allowed_models"],
+            monthly_spend_cap_micros=form.cleaned_cap_micros(),
+            creation_token=form.cleaned_data["token"],
+        )
+    except ApiKeyAlreadyCreated as exc:
+        messages.warning(request, exc.message)
+        return _api_keys_render(request, status=exc.status)
     return _api_keys_render(request, created_key=created_key, created_token=created_token)
 
 

@@ -32,10 +32,18 @@ class ApiKey(TenantOwnedModel):
         settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
     )
     last_used_at = models.DateTimeField(null=True, blank=True)
+    # The portal form's one-time token: the same form sent twice (a page refresh)
+    # finds the key it made instead of making a second one.
+    creation_token = models.UUIDField(null=True, blank=True, editable=False)
 
     class Meta:
         verbose_name = "API key"
         indexes: ClassVar = [models.Index(fields=["tenant", "-created_at"])]
+        constraints: ClassVar = [
+            models.UniqueConstraint(
+                fields=["tenant", "creation_token"], name="apikey_unique_creation_token"
+            )
+        ]
 
     def __str__(self) -> str:
         return f"{self.name} ({self.display_prefix}…)"

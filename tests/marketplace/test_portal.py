@@ -107,6 +107,38 @@ def test_overlong_and_html_key_names_are_rejected_or_escaped(world):
     assert "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;" in body
 
 
+def test_the_key_form_sent_twice_makes_one_key(world):
+    """A refresh of the answer page resends the form: the second send finds the key
+    the first made and says so, without a second key or its token."""
+    client = _logged_in(world.membership)
+    page = client.get("/keys/").content.decode()
+    match = re.search(r'name="token" value="([0-9a-f-]{36})"', page)
+    assert match, "the form carries its one-time token"
+    form = {"name": "deploy bot", "token": match.group(1)}
+    first = client.post("/keys/", form)
+    assert first.status_code == 200
+    token = re.search(r"cango_sk_[a-z2-7]{12}_[A-Za-z0-9_-]{43}", first.content.decode())
+    assert token is not None
+
+    again = client.post("/keys/", form)
+
+    assert again.status_code == 409
+    html = again.content.decode()
+    assert "already sent: the key “deploy bot” was created then" in html
+    assert token.group(0) not in html
+    assert ApiKey.objects.filter(tenant=world.tenant, name="deploy bot").count() == 1
+    created = AuditEvent.objects.filter(
+        tenant=world.tenant, action="api_key.created", metadata__name="deploy bot"
+    )
+    assert created.count() == 1
+    # The answer's form has a new token: a second key on purpose is one click away.
+    fresh = re.search(r'name="token" value="([0-9a-f-]{36})"', html)
+    assert fresh
+    assert fresh.group(1) != match.group(1)
+    assert client.post("/keys/", {"name": "deploy bot", "token": fresh.group(1)}).status_code == 200
+    assert ApiKey.objects.filter(tenant=world.tenant, name="deploy bot").count() == 2
+
+
 def test_key_form_validates_each_field(world):
     client = _logged_in(world.membership)
     response = client.post(
