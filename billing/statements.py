@@ -100,12 +100,15 @@ _inherited: list[_Pool] = []
 
 def _pool(alias: str) -> _Pool:
     pool = _pools.get(alias)
-    if pool is None or pool.pid != os.getpid():
-        with _pools_lock:
+    if pool is not None and pool.pid == os.getpid():
+        return pool
+    with _pools_lock:  # checked again: another thread may have made it meanwhile
+        pool = _pools.get(alias)
+        if pool is None or pool.pid != os.getpid():
             if pool is not None:
                 _inherited.append(pool)
             pool = _pools[alias] = _Pool(alias)
-    return pool
+        return pool
 
 
 def run(using: str, sql: str, params: dict[str, object]) -> Row | None:
