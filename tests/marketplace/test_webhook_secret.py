@@ -49,6 +49,17 @@ def _rotate(client: Client) -> Any:
     return client.post(URL, {"action": "rotate", "current": _form_current(client)})
 
 
+def _assert_both_refused_with_403(client: Client, tenant: Tenant) -> None:
+    """Reveal and rotate both get 403, show no secret, and change and audit nothing."""
+    before = _secrets_of(tenant)
+    for action in ("reveal", "rotate"):
+        response = client.post(URL, {"action": action})
+        assert response.status_code == 403
+        assert tenant.webhook_secret not in response.content.decode()
+    assert _secrets_of(tenant) == before
+    assert not _secret_events(tenant)
+
+
 def _secret_events(tenant: Tenant) -> list[AuditEvent]:
     return list(
         AuditEvent.objects.filter(tenant=tenant, action__startswith="webhook_secret.").order_by(
@@ -127,14 +138,7 @@ def test_admins_and_developers_may_reveal_and_rotate(world, role):
 
 def test_billing_role_gets_403_and_nothing_changes(world):
     member = MembershipFactory.create(tenant=world.tenant, role=Role.BILLING)
-    client = _client(member)
-    before = _secrets_of(world.tenant)
-    for action in ("reveal", "rotate"):
-        response = client.post(URL, {"action": action})
-        assert response.status_code == 403
-        assert world.tenant.webhook_secret not in response.content.decode()
-    assert _secrets_of(world.tenant) == before
-    assert not _secret_events(world.tenant)
+    _assert_both_refused_with_403(_client(member), world.tenant)
 
 
 def test_another_tenants_member_reaches_only_their_own_secret(world, other_world):
@@ -159,13 +163,7 @@ def test_another_tenants_member_reaches_only_their_own_secret(world, other_world
 
 def test_a_post_without_the_csrf_token_is_refused(world):
     client = _client(world.membership, enforce_csrf_checks=True)
-    before = _secrets_of(world.tenant)
-    for action in ("reveal", "rotate"):
-        response = client.post(URL, {"action": action})
-        assert response.status_code == 403
-        assert world.tenant.webhook_secret not in response.content.decode()
-    assert _secrets_of(world.tenant) == before
-    assert not _secret_events(world.tenant)
+    _assert_both_refused_with_403(client, world.tenant)
 
     client.get("/keys/")
     token = client.cookies[settings.CSRF_COOKIE_NAME].value
