@@ -7,6 +7,8 @@ from allauth.account.models import EmailAddress
 
 from marketplace import services
 from marketplace.models import ApiKey, Membership, Role, Tenant, User
+from workers.routing import Candidate
+from workers.triton import Endpoint
 
 
 class UserFactory(factory.django.DjangoModelFactory[User]):
@@ -45,3 +47,26 @@ def api_key_make(tenant: Tenant, **kwargs: Any) -> tuple[ApiKey, str]:
     """A key made the way the product makes them, returned with its token."""
     kwargs.setdefault("name", "test key")
     return services.api_key_create(tenant=tenant, actor=None, **kwargs)
+
+
+def candidate_make(
+    server_id: int,
+    *,
+    site: str = "a",
+    region: str = "us",
+    power: float = 30.0,
+    capacity: int = 8,
+    model: str = "echo",
+) -> Candidate:
+    """A routing candidate (no database row): server ``server_id`` at 127.0.0.1:9000+id."""
+    return Candidate(
+        deployment_id=server_id,
+        server_id=server_id,
+        site_slug=site,
+        region=region,
+        power_usd_per_mwh=power,
+        max_concurrency=capacity,
+        triton_model_name=model,
+        triton_model_version="",
+        endpoint=Endpoint(server_id, "127.0.0.1", 9000 + server_id),
+    )

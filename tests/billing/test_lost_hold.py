@@ -13,26 +13,15 @@ from marketplace import inference
 from marketplace.exceptions import ChargeNotRecorded
 from marketplace.models import CatalogModel
 from marketplace.pricing import Usage
+from tests.factories import candidate_make
 from workers import triton
 from workers.dispatch import Dispatched
-from workers.routing import Candidate
-from workers.triton import Endpoint
 
 pytestmark = pytest.mark.django_db(transaction=True)  # holds use their own connection
 
 
 def _done() -> Dispatched:
-    candidate = Candidate(
-        deployment_id=1,
-        server_id=1,
-        site_slug="a",
-        region="us",
-        power_usd_per_mwh=30.0,
-        max_concurrency=4,
-        triton_model_name="echo",
-        triton_model_version="1",
-        endpoint=Endpoint(1, "127.0.0.1", 9),
-    )
+    candidate = candidate_make(1)
     response = triton.Response(status=200, headers={}, body=b'{"outputs": []}')
     return Dispatched(response=response, candidate=candidate, elapsed_us=500)
 

@@ -9,10 +9,9 @@ import pytest
 
 from marketplace import keys
 from marketplace.logging import JsonFormatter, RedactFilter, RequestIdFilter, log_context
+from tests.factories import candidate_make
 from workers import dispatch, routing, tasks, triton
 from workers.jobs import RunResult
-from workers.routing import Candidate
-from workers.triton import Endpoint
 
 
 class Lines:
@@ -142,17 +141,7 @@ def test_the_job_task_tags_every_line_with_the_job_and_the_worker_site(lines, mo
 
 
 def test_dispatch_tags_lines_written_during_a_call_with_the_site_called(lines, monkeypatch):
-    candidate = Candidate(
-        deployment_id=1,
-        server_id=1,
-        site_slug="site-c",
-        region="us",
-        power_usd_per_mwh=30.0,
-        max_concurrency=8,
-        triton_model_name="echo",
-        triton_model_version="",
-        endpoint=Endpoint(1, "127.0.0.1", 9001),
-    )
+    candidate = candidate_make(1, site="site-c")
 
     def call(*args: object, **kwargs: object) -> triton.Response:
         logging.getLogger("workers.triton").info("calling")

@@ -2,31 +2,9 @@
 
 import time
 
+from tests.factories import candidate_make
 from workers import routing
-from workers.routing import Candidate, ServerHealth
-from workers.triton import Endpoint
-
-
-def _candidate(
-    server_id: int,
-    *,
-    site: str = "a",
-    region: str = "us",
-    power: float = 30.0,
-    capacity: int = 8,
-    model: str = "echo",
-) -> Candidate:
-    return Candidate(
-        deployment_id=server_id,
-        server_id=server_id,
-        site_slug=site,
-        region=region,
-        power_usd_per_mwh=power,
-        max_concurrency=capacity,
-        triton_model_name=model,
-        triton_model_version="",
-        endpoint=Endpoint(server_id, "127.0.0.1", 9000 + server_id),
-    )
+from workers.routing import ServerHealth
 
 
 def _health(
@@ -67,31 +45,31 @@ def _rank(
 
 
 def test_load_outranks_latency_and_latency_outranks_power():
-    busy_fast_cheap = _candidate(1, power=10)
-    idle_slow_dear = _candidate(2, power=120)
+    busy_fast_cheap = candidate_make(1, power=10)
+    idle_slow_dear = candidate_make(2, power=120)
     ranked = _rank(
         [busy_fast_cheap, idle_slow_dear],
         {1: _health(queue=4, latency=0.5), 2: _health(queue=0, latency=40.0)},
     )
     assert [c.server_id for c in ranked] == [2, 1]
 
-    fast_dear, slow_cheap = _candidate(1, power=120), _candidate(2, power=10)
+    fast_dear, slow_cheap = candidate_make(1, power=120), candidate_make(2, power=10)
     ranked = _rank([fast_dear, slow_cheap], {1: _health(latency=2.0), 2: _health(latency=8.0)})
     assert [c.server_id for c in ranked] == [1, 2]
 
-    dear, cheap = _candidate(1, power=90), _candidate(2, power=20)
+    dear, cheap = candidate_make(1, power=90), candidate_make(2, power=20)
     ranked = _rank([dear, cheap], {1: _health(latency=3.0), 2: _health(latency=3.0)})
     assert [c.server_id for c in ranked] == [2, 1]
 
 
 def test_in_flight_counts_against_capacity():
-    small, large = _candidate(1, capacity=2), _candidate(2, capacity=16)
+    small, large = candidate_make(1, capacity=2), candidate_make(2, capacity=16)
     ranked = _rank([small, large], {1: _health(), 2: _health()}, in_flight={1: 2, 2: 2})
     assert [c.server_id for c in ranked] == [2, 1]
 
 
 def test_unhealthy_not_ready_open_breaker_and_excluded_are_left_out():
-    candidates = [_candidate(i) for i in range(1, 6)]
+    candidates = [candidate_make(i) for i in range(1, 6)]
     health = {
         1: _health(healthy=False),
         2: _health(ready=("other",)),
@@ -104,7 +82,7 @@ def test_unhealthy_not_ready_open_breaker_and_excluded_are_left_out():
 
 
 def test_unknown_or_stale_health_is_usable_but_last():
-    known, unknown, stale = _candidate(1, power=90), _candidate(2), _candidate(3)
+    known, unknown, stale = candidate_make(1, power=90), candidate_make(2), candidate_make(3)
     ranked = _rank(
         [unknown, stale, known],
         {1: _health(queue=1, latency=20.0), 3: _health(age=routing.HEALTH_STALE_SECONDS + 1)},
@@ -114,7 +92,7 @@ def test_unknown_or_stale_health_is_usable_but_last():
 
 
 def test_region_pin_keeps_only_that_region():
-    us, eu = _candidate(1, region="us"), _candidate(2, region="eu")
+    us, eu = candidate_make(1, region="us"), candidate_make(2, region="eu")
     assert [c.server_id for c in _rank([us, eu], {}, region_pin="eu")] == [2]
     assert _rank([us], {}, region_pin="eu") == []
 
@@ -147,9 +125,9 @@ def test_breaker_opens_after_consecutive_failures_and_a_success_closes_it(monkey
 
 def test_jobs_go_to_sites_with_live_workers_first_in_rank_order():
     best_dead, live_b, live_c = (
-        _candidate(1, site="a"),
-        _candidate(2, site="b"),
-        _candidate(3, site="c"),
+        candidate_make(1, site="a"),
+        candidate_make(2, site="b"),
+        candidate_make(3, site="c"),
     )
     ranked = [best_dead, live_b, live_c]
     assert routing.jobs_order(ranked, frozenset({"b", "c"})) == [live_b, live_c, best_dead]
@@ -157,6 +135,6 @@ def test_jobs_go_to_sites_with_live_workers_first_in_rank_order():
 
 
 def test_jobs_keep_the_health_order_when_no_candidate_site_is_live():
-    ranked = [_candidate(1, site="a"), _candidate(2, site="b")]
+    ranked = [candidate_make(1, site="a"), candidate_make(2, site="b")]
     assert routing.jobs_order(ranked, frozenset()) == ranked
     assert routing.jobs_order(ranked, frozenset({"elsewhere"})) == ranked
