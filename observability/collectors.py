@@ -17,7 +17,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from config.redis_client import redis_client
-from workers import routing
+from workers import liveness
 
 from . import selectors
 
@@ -102,7 +102,7 @@ def _sites() -> Iterator[Metric]:
         "1 if a job worker of the active site beat recently (workers.liveness), else 0.",
         labels=["site"],
     )
-    live_sites = routing.snapshot_load().live_sites
+    live_sites = liveness.live_sites()
     for slug, (healthy, enabled) in sorted(selectors.sites_healthy_servers().items()):
         family.add_metric([slug], healthy)
         total.add_metric([slug], enabled)

@@ -17,6 +17,8 @@ wait in the queue, as before.
 import logging
 import threading
 import time
+from collections.abc import Iterable
+from typing import Any
 
 import redis
 from django.conf import settings
@@ -54,7 +56,13 @@ def forget(site_slug: str, node: str) -> None:
     redis_client().zrem(KEY, _member(site_slug, node))
 
 
-def live_sites_parse(members: list[bytes | str]) -> frozenset[str]:
+def live_sites() -> frozenset[str]:
+    """The sites with a live worker now (one Redis call; ``RedisError`` propagates)."""
+    members = redis_client().zrangebyscore(KEY, time.time() - live_window_seconds(), "+inf")
+    return live_sites_parse(members)
+
+
+def live_sites_parse(members: Iterable[Any]) -> frozenset[str]:
     """The sites of the members of ``KEY`` read with ``ZRANGEBYSCORE`` from the window."""
     sites = set()
     for member in members:
