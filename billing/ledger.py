@@ -391,9 +391,9 @@ def credit_release(*, reservation_id: int, using: str = "default") -> bool:
 def reservations_release_expired(*, limit: int = 1000) -> int:
     """Release holds whose call never settled (a crashed process). Run by beat."""
     expired = list(
-        Reservation.objects.filter(
-            status=Reservation.Status.OPEN, expires_at__lt=timezone.now()
-        ).values_list("pk", flat=True)[:limit]
+        Reservation.objects.filter(closed_at__isnull=True, expires_at__lt=timezone.now())
+        .order_by("expires_at")
+        .values_list("pk", flat=True)[:limit]
     )
     released = sum(credit_release(reservation_id=pk) for pk in expired)
     if released:

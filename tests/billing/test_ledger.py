@@ -202,3 +202,49 @@ def test_hot_statements_are_prepared_on_the_server(world):
         prepared = [row[0] for row in cursor.fetchall()]
     assert any("INSERT INTO billing_reservation" in text for text in prepared), prepared
     assert any("INSERT INTO billing_usagerecord" in text for text in prepared), prepared
+
+
+def test_settle_and_release_find_their_hold_by_primary_key(world):
+    """The settle must not walk an index of open holds: after a busy hour of settled,
+    not yet vacuumed holds, such a walk made every sync call slower (``bench/billing.py``
+    drifted within a run). The expiry sweep still reads only unclosed holds."""
+    from django.db import connection
+
+    for index in range(300):
+        hold = ledger.credit_reserve(
+            tenant_id=world.tenant.pk, amount_micros=10, source=f"req:k{index}", ttl_seconds=60
+        )
+        ledger.credit_settle(
+            hold=hold, cost_micros=5, units=1, model_slug="m", source=f"req:k{index}"
+        )
+    open_hold = ledger.credit_reserve(
+        tenant_id=world.tenant.pk, amount_micros=10, source="req:open", ttl_seconds=60
+    )
+    now = timezone.now()
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE billing_reservation")
+        plans = {}
+        for name, sql, params in (
+            (
+                "settle",
+                ledger._SETTLE_SQL,
+                {
+                    "cost": 5,
+                    "now": now,
+                    "reservation": open_hold.reservation_id,
+                    "source": "req:open",
+                    "model": "m",
+                    "units": 1,
+                },
+            ),
+            ("release", ledger._RELEASE_SQL, {"now": now, "reservation": open_hold.reservation_id}),
+        ):
+            cursor.execute("EXPLAIN " + sql, params)
+            plans[name] = "\n".join(row[0] for row in cursor.fetchall())
+        sweep = Reservation.objects.filter(closed_at__isnull=True, expires_at__lt=now)
+        cursor.execute("SET LOCAL enable_seqscan = off")
+        plans["sweep"] = sweep.explain()
+    for name in ("settle", "release"):
+        assert "billing_reservation_pkey" in plans[name], plans[name]
+        assert "reservation_unclosed_expiry" not in plans[name], plans[name]
+    assert "reservation_unclosed_expiry" in plans["sweep"], plans["sweep"]
