@@ -39,8 +39,8 @@ class Holds:
 
 
 def credit_holds_open() -> Holds:
-    """Open reservations: the partial index ``reservation_open_expiry`` holds only these."""
-    totals = Reservation.objects.filter(status=Reservation.Status.OPEN).aggregate(
+    """Open reservations: the partial index ``reservation_unclosed_expiry`` holds only these."""
+    totals = Reservation.objects.filter(closed_at__isnull=True).aggregate(
         n=Count("id"), reserved=Sum("amount_micros")
     )
     return Holds(count=totals["n"], reserved_micros=totals["reserved"] or 0)

@@ -283,7 +283,7 @@ def _plan(queryset) -> str:
 
 def test_the_scrape_queries_read_only_rows_in_flight_through_an_index():
     in_flight = Job.objects.filter(status__in=[Job.Status.QUEUED, Job.Status.RUNNING])
-    holds = Reservation.objects.filter(status=Reservation.Status.OPEN)
+    holds = Reservation.objects.filter(closed_at__isnull=True)  # as credit_holds_open reads
     unsent = UsageRecord.objects.filter(sent_at__isnull=True).exclude(
         account__stripe_customer_id=""
     )
