@@ -2,10 +2,13 @@
 
 In one run, against one real tritonserver site and PostgreSQL:
 
-* the same echo request through two granian servers side by side — the marketplace
-  as shipped (reserve before, settle after) and ``bench.nobilling_wsgi`` (the same
-  code with the hold and the charge taken out) — sequential p50/p99 over alternating
-  rounds; the difference is what billing adds;
+* the same echo request through three granian servers side by side — the
+  marketplace as shipped (each settle also holds for the caller's next call, so a
+  call pays one round trip: ``billing.ahead``), the same with holding ahead turned
+  off (``SYNC_HOLD_AHEAD_MIN_CALLS=0``: every call holds for itself, as a caller's
+  first call or a tenant near exhaustion does), and ``bench.nobilling_wsgi`` (the
+  same code with the hold and the charge taken out) — sequential p50/p99 over
+  rounds in rotating order; the differences are what billing adds;
 * meter events per second: N usage records sent by ``billing.metering.usage_send``
   to the project's Stripe-compatible server through the official ``stripe`` client.
 
@@ -198,20 +201,21 @@ def main() -> None:
         {"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
         json.dumps(ECHO).encode(),
     )
-    samples: dict[str, dict[str, list[float]]] = {
-        name: {"p50": [], "p99": []} for name in ("without", "with")
-    }
+    names = ("without", "with", "with, each call holding")
+    samples: dict[str, dict[str, list[float]]] = {name: {"p50": [], "p99": []} for name in names}
     try:
         with (
             granian(env, workers=1, threads=args.threads) as with_port,
             granian(
+                {**env, "SYNC_HOLD_AHEAD_MIN_CALLS": "0"}, workers=1, threads=args.threads
+            ) as holding_port,
+            granian(
                 env, workers=1, threads=args.threads, app="bench.nobilling_wsgi:application"
             ) as without_port,
         ):
-            ports = {"with": with_port, "without": without_port}
+            ports = dict(zip(names, (without_port, with_port, holding_port), strict=True))
             for round_no in range(args.rounds):
-                order = ["without", "with"] if round_no % 2 == 0 else ["with", "without"]
-                for name in order:
+                for name in names[round_no % 3 :] + names[: round_no % 3]:
                     latencies = sequential(ports[name], request, args.requests)
                     samples[name]["p50"].append(percentile(latencies, 50))
                     samples[name]["p99"].append(percentile(latencies, 99))
@@ -223,20 +227,18 @@ def main() -> None:
         f"rounds={args.rounds} sequential={args.requests}/round "
         f"(echo, one site, {args.threads} blocking threads)"
     )
-    print("| path | p50 ms | p99 ms |")
-    print("| --- | --- | --- |")
-    for name in ("without", "with"):
+    print("| path | p50 ms | p99 ms | billing adds, p50 µs | p99 µs |")
+    print("| --- | --- | --- | --- | --- |")
+    base = samples["without"]
+    for name in names:
+        added = {
+            pct: median([w - o for w, o in zip(samples[name][pct], base[pct], strict=True)])
+            for pct in ("p50", "p99")
+        }
         print(
-            f"| {name} reserve+settle | {median(samples[name]['p50']):.3f} "
-            f"| {median(samples[name]['p99']):.3f} |"
+            f"| {name} | {median(samples[name]['p50']):.3f} | {median(samples[name]['p99']):.3f} "
+            f"| {added['p50'] * 1000:.0f} | {added['p99'] * 1000:.0f} |"
         )
-    added_p50 = median(
-        [w - o for w, o in zip(samples["with"]["p50"], samples["without"]["p50"], strict=True)]
-    )
-    added_p99 = median(
-        [w - o for w, o in zip(samples["with"]["p99"], samples["without"]["p99"], strict=True)]
-    )
-    print(f"billing adds: p50 {added_p50 * 1000:.0f} µs, p99 {added_p99 * 1000:.0f} µs")
     print("per-round p50 ms:", {k: [round(v, 3) for v in s["p50"]] for k, s in samples.items()})
     print(f"meter events: {rate:.0f}/s ({args.meter_events} sent to the local Stripe server)")
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
 import django.dispatch
+from django.conf import settings
 from django.db import IntegrityError, connections, transaction
 from django.db.models import F, Sum
 from django.utils import timezone
@@ -48,6 +49,21 @@ class Hold:
 
     reservation_id: int
     amount_micros: int
+    source: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Ahead:
+    """Ask a settle to hold ``amount_micros`` for the caller's next call as well.
+
+    Taken only while the account would still have ``SYNC_HOLD_AHEAD_MIN_CALLS`` more
+    such holds' worth available afterwards, so near exhaustion every call holds
+    for itself and "exactly K of N calls run" stays exact.
+    """
+
+    source: str
+    amount_micros: int
+    ttl_seconds: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +75,7 @@ class Settled:
     reserved_micros: int
     threshold_micros: int
     alerted: bool
+    next_hold: Hold | None = None
 
 
 def _fast() -> bool:
@@ -133,7 +150,7 @@ def credit_reserve(
         )
         if row is None:
             raise InsufficientCredits("Not enough credit for this call; buy more credits.")
-        return Hold(reservation_id=row[0], amount_micros=amount_micros)
+        return Hold(reservation_id=row[0], amount_micros=amount_micros, source=source)
     return _reserve_portable(
         tenant_id=tenant_id,
         amount_micros=amount_micros,
@@ -187,7 +204,7 @@ def _reserve_portable(
             key_month=month,
             expires_at=expires,
         )
-    return Hold(reservation_id=reservation.pk, amount_micros=amount_micros)
+    return Hold(reservation_id=reservation.pk, amount_micros=amount_micros, source=source)
 
 
 _SETTLE_SQL = """
@@ -196,6 +213,15 @@ WITH r AS (
        SET status = 'settled', settled_micros = %(cost)s, closed_at = %(now)s
      WHERE id = %(reservation)s AND status = 'open'
  RETURNING account_id, tenant_id, amount_micros, api_key_id, key_month
+), o AS (
+    -- The account as it stands, locked (so the update below writes from the same
+    -- row): does it cover the next call's hold and then ahead_floor more of them?
+    SELECT c.id,
+           %(ahead)s > 0 AND r.key_month IS NULL
+           AND c.balance_micros - %(cost)s - (c.reserved_micros - r.amount_micros)
+               >= %(ahead)s + %(ahead_floor)s AS ahead
+      FROM billing_creditaccount c JOIN r ON c.id = r.account_id
+       FOR NO KEY UPDATE OF c
 ), e AS (
     INSERT INTO billing_ledgerentry
            (account_id, tenant_id, kind, source, amount_micros, model_slug, api_key_id,
@@ -208,10 +234,20 @@ WITH r AS (
     UPDATE billing_creditaccount c
        SET balance_micros = c.balance_micros - %(cost)s,
            reserved_micros = c.reserved_micros - r.amount_micros
-      FROM r, e
+                             + CASE WHEN o.ahead THEN %(ahead)s ELSE 0 END
+      FROM r, e, o
      WHERE c.id = r.account_id
  RETURNING c.id, c.tenant_id, c.balance_micros, c.reserved_micros,
            c.low_balance_threshold_micros, c.low_balance_alerted
+), n AS (
+    INSERT INTO billing_reservation
+           (account_id, tenant_id, source, amount_micros, api_key_id, key_month, status,
+            created_at, expires_at)
+    SELECT r.account_id, r.tenant_id, %(ahead_source)s, %(ahead)s, r.api_key_id, NULL,
+           'open', %(now)s, %(ahead_expires)s
+      FROM r, o, a
+     WHERE o.ahead
+ RETURNING id
 ), k AS (
     UPDATE billing_keyspend s
        SET spent_micros = s.spent_micros + %(cost)s,
@@ -230,13 +266,19 @@ WITH r AS (
 )
 SELECT a.id, a.tenant_id, a.balance_micros, a.reserved_micros,
        a.low_balance_threshold_micros, a.low_balance_alerted, (SELECT id FROM u),
-       (SELECT count(*) FROM k)
+       (SELECT count(*) FROM k), (SELECT id FROM n)
   FROM a
 """
 
 
 def credit_settle(
-    *, hold: Hold, cost_micros: int, units: int, model_slug: str, source: str
+    *,
+    hold: Hold,
+    cost_micros: int,
+    units: int,
+    model_slug: str,
+    source: str,
+    ahead: Ahead | None = None,
 ) -> Settled | None:
     """Charge the actual cost of a finished call and free the rest of its hold.
 
@@ -244,10 +286,16 @@ def credit_settle(
     statement (or transaction). The charge is clamped to the hold, which was the
     call's worst case. Returns None if the hold was already settled or released, so
     a second settle of the same call charges nothing.
+
+    With ``ahead`` (a sync caller without a monthly key cap, on PostgreSQL) the same
+    statement also holds credit for the caller's next call, returned as
+    ``next_hold``, when the account covers it with ``SYNC_HOLD_AHEAD_MIN_CALLS``
+    more to spare: the next call then starts without a round trip of its own.
     """
     cost = max(0, min(cost_micros, hold.amount_micros))
     now = timezone.now()
     if _fast():
+        ahead_micros = ahead.amount_micros if ahead else 0
         row = statements.run(
             "default",
             _SETTLE_SQL,
@@ -258,10 +306,19 @@ def credit_settle(
                 "source": source,
                 "model": model_slug,
                 "units": units,
+                "ahead": ahead_micros,
+                "ahead_floor": ahead_micros * settings.SYNC_HOLD_AHEAD_MIN_CALLS,
+                "ahead_source": ahead.source if ahead else "",
+                "ahead_expires": now + timedelta(seconds=ahead.ttl_seconds if ahead else 0),
             },
         )
         if row is None:
             return None
+        next_hold = None
+        if ahead is not None and row[8] is not None:
+            next_hold = Hold(
+                reservation_id=row[8], amount_micros=ahead.amount_micros, source=ahead.source
+            )
         settled = Settled(
             usage_record_id=row[6],
             account_id=row[0],
@@ -270,6 +327,7 @@ def credit_settle(
             reserved_micros=row[3],
             threshold_micros=row[4],
             alerted=row[5],
+            next_hold=next_hold,
         )
     else:
         settled_or_none = _settle_portable(

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 import pytest
 from rest_framework.test import APIClient
 
-from billing import ledger, statements
+from billing import ahead, ledger, statements
 from billing.models import LedgerEntry
 from config.redis_client import redis_client
 from marketplace import catalog, keycache
@@ -23,6 +23,7 @@ def _process_caches_cleared() -> Iterator[None]:
     catalog.cache_clear()
     routing.reset()
     keycache._entries.clear()
+    ahead.clear()
     yield
     # Pooled connections would keep the test database from being dropped.
     statements.reset()

@@ -360,6 +360,14 @@ INFER_TIMEOUT_SECONDS: float = env.float("INFER_TIMEOUT_SECONDS", default=30.0)
 INFER_MAX_BODY_BYTES: int = env.int("INFER_MAX_BODY_BYTES", default=8 * 1024 * 1024)
 INFER_MAX_ELEMENTS: int = env.int("INFER_MAX_ELEMENTS", default=1_000_000)
 DATA_UPLOAD_MAX_MEMORY_SIZE = INFER_MAX_BODY_BYTES
+# A sync call's settle also holds credit for the same caller's next call (saving that
+# call its own hold round trip), while the tenant's available balance covers that many
+# more calls of the same worst case besides; below it every call holds for itself.
+# 0 turns holding ahead off.
+SYNC_HOLD_AHEAD_MIN_CALLS: int = env.int("SYNC_HOLD_AHEAD_MIN_CALLS", default=1000)
+# How long a hold taken ahead may wait for its call in the web process; unused, it
+# expires with the rest and the beat sweep frees it.
+SYNC_HOLD_AHEAD_SECONDS: float = env.float("SYNC_HOLD_AHEAD_SECONDS", default=10.0)
 # Async jobs: largest stored output, and how long a worker holds a running job
 # before another may take it over (must exceed INFER_TIMEOUT_SECONDS).
 JOB_MAX_OUTPUT_BYTES: int = env.int("JOB_MAX_OUTPUT_BYTES", default=1024 * 1024)

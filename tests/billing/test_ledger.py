@@ -1,6 +1,7 @@
 """The ledger's services on PostgreSQL, through both the one-statement and the ORM paths."""
 
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from django.utils import timezone
@@ -224,7 +225,7 @@ def test_settle_and_release_find_their_hold_by_primary_key(world):
     with connection.cursor() as cursor:
         cursor.execute("ANALYZE billing_reservation")
         plans = {}
-        for name, sql, params in (
+        queries: list[tuple[str, str, dict[str, Any]]] = [
             (
                 "settle",
                 ledger._SETTLE_SQL,
@@ -235,10 +236,15 @@ def test_settle_and_release_find_their_hold_by_primary_key(world):
                     "source": "req:open",
                     "model": "m",
                     "units": 1,
+                    "ahead": 5,
+                    "ahead_floor": 50,
+                    "ahead_source": "req:next",
+                    "ahead_expires": now,
                 },
             ),
             ("release", ledger._RELEASE_SQL, {"now": now, "reservation": open_hold.reservation_id}),
-        ):
+        ]
+        for name, sql, params in queries:
             cursor.execute("EXPLAIN " + sql, params)
             plans[name] = "\n".join(row[0] for row in cursor.fetchall())
         sweep = Reservation.objects.filter(closed_at__isnull=True, expires_at__lt=now)
@@ -248,3 +254,106 @@ def test_settle_and_release_find_their_hold_by_primary_key(world):
         assert "billing_reservation_pkey" in plans[name], plans[name]
         assert "reservation_unclosed_expiry" not in plans[name], plans[name]
     assert "reservation_unclosed_expiry" in plans["sweep"], plans["sweep"]
+
+
+def _ahead(amount: int, source: str = "req:next") -> ledger.Ahead:
+    return ledger.Ahead(source=source, amount_micros=amount, ttl_seconds=60)
+
+
+def test_settle_holds_the_next_call_when_credit_is_to_spare(world, settings):
+    settings.SYNC_HOLD_AHEAD_MIN_CALLS = 10
+    available = _account(world).available_micros
+    hold = ledger.credit_reserve(
+        tenant_id=world.tenant.pk, amount_micros=100, source="req:first", ttl_seconds=60
+    )
+    settled = ledger.credit_settle(
+        hold=hold, cost_micros=40, units=1, model_slug="m", source="req:first", ahead=_ahead(100)
+    )
+    assert settled is not None
+    assert settled.next_hold is not None
+    assert settled.next_hold.source == "req:next"
+    account = _account(world)
+    assert account.available_micros == available - 40 - 100  # the next call's hold
+    assert account.reserved_micros == 100
+    assert ledger.account_check(account=account) == []
+    reservation = Reservation.objects.get(pk=settled.next_hold.reservation_id)
+    assert (reservation.status, reservation.amount_micros, reservation.source) == (
+        "open",
+        100,
+        "req:next",
+    )
+    # The next call settles on it, under its source, and may hold for the one after.
+    again = ledger.credit_settle(
+        hold=settled.next_hold,
+        cost_micros=60,
+        units=1,
+        model_slug="m",
+        source=settled.next_hold.source,
+        ahead=_ahead(100, "req:third"),
+    )
+    assert again is not None
+    assert again.next_hold is not None
+    assert LedgerEntry.objects.get(kind="usage", source="req:next").amount_micros == -60
+    account = _account(world)
+    assert account.available_micros == available - 40 - 60 - 100
+    assert ledger.account_check(account=account) == []
+    # Released (unused, after its expiry) it gives the credit back.
+    assert ledger.credit_release(reservation_id=again.next_hold.reservation_id)
+    account = _account(world)
+    assert (account.available_micros, account.reserved_micros) == (available - 100, 0)
+
+
+def test_no_hold_ahead_unless_the_floor_of_calls_stays_covered(world, settings):
+    """Near exhaustion every call holds for itself: a hold parked in one web process
+    must never be what refuses a call another process could have run."""
+    available = _account(world).available_micros
+    settings.SYNC_HOLD_AHEAD_MIN_CALLS = 10
+    # After a charge of 100 the account covers 1 + 10 holds of (available - 100) // 11...
+    per_call = (available - 100) // 11
+    hold = ledger.credit_reserve(
+        tenant_id=world.tenant.pk, amount_micros=100, source="req:a", ttl_seconds=60
+    )
+    settled = ledger.credit_settle(
+        hold=hold,
+        cost_micros=100,
+        units=1,
+        model_slug="m",
+        source="req:a",
+        ahead=_ahead(per_call + 1),  # ...but not of one µ$ more.
+    )
+    assert settled is not None
+    assert settled.next_hold is None
+    assert _account(world).reserved_micros == 0
+    hold = ledger.credit_reserve(
+        tenant_id=world.tenant.pk, amount_micros=100, source="req:b", ttl_seconds=60
+    )
+    settled = ledger.credit_settle(
+        hold=hold,
+        cost_micros=0,
+        units=1,
+        model_slug="m",
+        source="req:b",
+        ahead=_ahead((available - 100) // 11),
+    )
+    assert settled is not None
+    assert settled.next_hold is not None
+    assert ledger.account_check(account=_account(world)) == []
+
+
+def test_no_hold_ahead_for_a_capped_key(world, settings):
+    """A capped key's month is held call by call (``KeySpend``): nothing is held ahead."""
+    settings.SYNC_HOLD_AHEAD_MIN_CALLS = 1
+    hold = ledger.credit_reserve(
+        tenant_id=world.tenant.pk,
+        amount_micros=10,
+        source="req:capped",
+        ttl_seconds=60,
+        api_key_id=world.key.pk,
+        key_cap_micros=1_000_000,
+    )
+    settled = ledger.credit_settle(
+        hold=hold, cost_micros=5, units=1, model_slug="m", source="req:capped", ahead=_ahead(10)
+    )
+    assert settled is not None
+    assert settled.next_hold is None
+    assert _account(world).reserved_micros == 0

@@ -111,6 +111,47 @@ def test_200_concurrent_sync_calls_exactly_50_succeed(web_server, registered):
     assert not Reservation.objects.filter(tenant=tenant, status="open").exists()
 
 
+def test_calls_with_credit_to_spare_run_on_holds_taken_ahead_charged_once(web_server, registered):
+    """A tenant with credit to spare: each settle holds for the caller's next call
+    (``billing.ahead``), and every call is still charged exactly once."""
+    tenant, _, token, _ = funded_tenant(100_000_000)
+    netloc = web_server
+    burst = _fire(netloc, "/v2/models/echo/infer", token, ECHO, count=40)
+    assert [status for status, _ in burst] == [200] * 40
+    conn = http.client.HTTPConnection(netloc, timeout=30)  # one keep-alive: one worker
+    for _ in range(20):
+        conn.request(
+            "POST",
+            "/v2/models/echo/infer",
+            body=json.dumps(ECHO),
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        )
+        response = conn.getresponse()
+        response.read()
+        assert response.status == 200
+        assert response.headers["X-Cango-Cost-Micros"] == str(ECHO_PRICE)
+    conn.close()
+
+    account = _assert_ledger_consistent(tenant.pk)
+    assert account.balance_micros == 100_000_000 - 60 * ECHO_PRICE
+    usage = LedgerEntry.objects.filter(tenant=tenant, kind="usage")
+    assert usage.count() == 60
+    assert usage.values("source").distinct().count() == 60
+    assert UsageRecord.objects.filter(tenant=tenant).count() == 60
+    # What stays held is the holds parked for next calls: a few per web process.
+    parked = Reservation.objects.filter(tenant=tenant, status="open")
+    assert 1 <= parked.count() <= 2 * 8  # two workers, eight threads each (at most)
+    assert account.reserved_micros == parked.count() * ECHO_PRICE
+    # A hold taken ahead was written by the settle before it, at that charge's time.
+    charged_at = set(usage.values_list("created_at", flat=True))
+    ran_ahead = [
+        r
+        for r in Reservation.objects.filter(tenant=tenant, status="settled")
+        if r.created_at in charged_at
+    ]
+    assert len(ran_ahead) >= 19  # every sequential call after the first, at least
+
+
 def test_200_concurrent_jobs_exactly_50_accepted_and_charged_once(web_server, registered):
     tenant, _, token, _ = funded_tenant(50 * ECHO_PRICE)
     netloc = web_server
