@@ -6,7 +6,8 @@ of a ledger entry is idempotent on (account, kind, source).
 
 On PostgreSQL, reserving (for keys without a monthly cap), settling and releasing
 are each one SQL statement — one round trip on the hot path of every sync request —
-run prepared by ``billing.statements``.
+run prepared by ``billing.statements``. A sync settle may also hold for the caller's
+next call (``Ahead``; ``billing.ahead`` keeps it), which then needs no reserve.
 Elsewhere (the SQLite demo, capped keys) the same effects are made by the ORM in a
 transaction; the tests run both.
 """
