@@ -460,6 +460,29 @@ def reservations_release_expired(*, limit: int = 1000) -> int:
     return released
 
 
+def reservations_purge_closed(
+    *, older_than_days: int, batch: int = 5_000, max_batches: int = 20
+) -> int:
+    """Delete holds closed more than ``older_than_days`` ago, oldest first; return how many.
+
+    A closed hold is history the ledger keeps anyway (what it charged is a usage
+    entry); kept forever, the table would grow by a row with every sync call. Open
+    holds are never touched. Run by beat (``RESERVATION_RETENTION_DAYS``).
+    """
+    cutoff = timezone.now() - timedelta(days=older_than_days)
+    purged = 0
+    for _ in range(max_batches):
+        ids = list(
+            Reservation.objects.filter(closed_at__lt=cutoff)
+            .order_by("pk")
+            .values_list("pk", flat=True)[:batch]
+        )
+        if not ids:
+            break
+        purged += Reservation.objects.filter(pk__in=ids, closed_at__lt=cutoff).delete()[0]
+    return purged
+
+
 #: Credit given rather than bought; mirrored in Stripe so invoices count it.
 _FREE_CREDIT = frozenset({LedgerEntry.Kind.GRANT, LedgerEntry.Kind.ADJUSTMENT})
 

@@ -1,6 +1,7 @@
 """Billing's Celery entry points (default queue)."""
 
 from celery import shared_task
+from django.conf import settings
 
 from . import ledger, metering, payments, stripe_gateway
 
@@ -37,3 +38,11 @@ def auto_topups() -> None:
 def reservations_release() -> None:
     """Free the holds of calls that never settled (a crashed web process or worker)."""
     ledger.reservations_release_expired()
+
+
+@shared_task(name="billing.reservations_purge", acks_late=False, expires=600, ignore_result=True)
+def reservations_purge() -> None:
+    """Delete closed holds past ``RESERVATION_RETENTION_DAYS`` (0 keeps them forever)."""
+    days = settings.RESERVATION_RETENTION_DAYS
+    if days > 0:
+        ledger.reservations_purge_closed(older_than_days=days)

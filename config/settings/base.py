@@ -309,6 +309,11 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": 30.0,
         "options": {"queue": "default", "expires": 30},
     },
+    "reservations-purge": {
+        "task": "billing.reservations_purge",
+        "schedule": 3600.0,
+        "options": {"queue": "default", "expires": 600},
+    },
     "usage-send": {
         "task": "billing.usage_send",
         "schedule": env.float("METER_EVENTS_INTERVAL_SECONDS", default=5.0),
@@ -368,6 +373,9 @@ SYNC_HOLD_AHEAD_MIN_CALLS: int = env.int("SYNC_HOLD_AHEAD_MIN_CALLS", default=10
 # How long a hold taken ahead may wait for its call in the web process; unused, it
 # expires with the rest and the beat sweep frees it.
 SYNC_HOLD_AHEAD_SECONDS: float = env.float("SYNC_HOLD_AHEAD_SECONDS", default=10.0)
+# Closed holds (settled or released) are deleted after this many days; what they
+# charged stays in the ledger. 0 keeps them forever.
+RESERVATION_RETENTION_DAYS: int = max(0, env.int("RESERVATION_RETENTION_DAYS", default=30))
 # Async jobs: largest stored output, and how long a worker holds a running job
 # before another may take it over (must exceed INFER_TIMEOUT_SECONDS).
 JOB_MAX_OUTPUT_BYTES: int = env.int("JOB_MAX_OUTPUT_BYTES", default=1024 * 1024)

@@ -357,3 +357,50 @@ def test_no_hold_ahead_for_a_capped_key(world, settings):
     assert settled is not None
     assert settled.next_hold is None
     assert _account(world).reserved_micros == 0
+
+
+def test_closed_holds_are_purged_after_their_retention_open_ones_never(world):
+    def hold(source: str) -> ledger.Hold:
+        return ledger.credit_reserve(
+            tenant_id=world.tenant.pk, amount_micros=10, source=source, ttl_seconds=60
+        )
+
+    settled = hold("req:old-settled")
+    ledger.credit_settle(
+        hold=settled, cost_micros=5, units=1, model_slug="m", source="req:old-settled"
+    )
+    released = hold("req:old-released")
+    ledger.credit_release(reservation_id=released.reservation_id)
+    recent = hold("req:recent")
+    ledger.credit_settle(hold=recent, cost_micros=5, units=1, model_slug="m", source="req:recent")
+    still_open = hold("req:open")
+    long_ago = timezone.now() - timedelta(days=31)
+    Reservation.objects.exclude(source="req:recent").update(created_at=long_ago)
+    Reservation.objects.filter(source__startswith="req:old").update(closed_at=long_ago)
+
+    assert ledger.reservations_purge_closed(older_than_days=30, batch=1) == 2
+    assert set(Reservation.objects.values_list("source", flat=True)) == {"req:recent", "req:open"}
+    assert LedgerEntry.objects.filter(kind="usage", source="req:old-settled").exists()
+    assert ledger.account_check(account=_account(world)) == []
+    assert ledger.credit_release(reservation_id=still_open.reservation_id)
+
+
+def test_beat_runs_the_closed_holds_purge(world, settings):
+    from billing import tasks
+    from config.celery import app as celery_app
+
+    entry = settings.CELERY_BEAT_SCHEDULE["reservations-purge"]
+    celery_app.loader.import_default_modules()
+    assert entry["task"] == tasks.reservations_purge.name
+    assert entry["task"] in celery_app.tasks
+    closed = ledger.credit_reserve(
+        tenant_id=world.tenant.pk, amount_micros=10, source="req:gone", ttl_seconds=60
+    )
+    ledger.credit_release(reservation_id=closed.reservation_id)
+    Reservation.objects.update(closed_at=timezone.now() - timedelta(days=2))
+    settings.RESERVATION_RETENTION_DAYS = 0  # keep forever
+    tasks.reservations_purge()
+    assert Reservation.objects.exists()
+    settings.RESERVATION_RETENTION_DAYS = 1
+    tasks.reservations_purge()
+    assert not Reservation.objects.exists()
