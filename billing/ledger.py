@@ -225,10 +225,10 @@ WITH r AS (
        FOR NO KEY UPDATE OF c
 ), e AS (
     INSERT INTO billing_ledgerentry
-           (account_id, tenant_id, kind, source, amount_micros, model_slug, api_key_id,
-            units, reason, created_at)
-    SELECT account_id, tenant_id, 'usage', %(source)s, -%(cost)s, %(model)s, api_key_id,
-           %(units)s, '', %(now)s
+           (account_id, tenant_id, kind, source, amount_micros, model_slug, site_slug,
+            api_key_id, units, reason, created_at)
+    SELECT account_id, tenant_id, 'usage', %(source)s, -%(cost)s, %(model)s, %(site)s,
+           api_key_id, %(units)s, '', %(now)s
       FROM r
  RETURNING id, account_id, tenant_id, api_key_id
 ), a AS (
@@ -279,6 +279,7 @@ def credit_settle(
     units: int,
     model_slug: str,
     source: str,
+    site_slug: str = "",
     ahead: Ahead | None = None,
 ) -> Settled | None:
     """Charge the actual cost of a finished call and free the rest of its hold.
@@ -306,6 +307,7 @@ def credit_settle(
                 "reservation": hold.reservation_id,
                 "source": source,
                 "model": model_slug,
+                "site": site_slug,
                 "units": units,
                 "ahead": ahead_micros,
                 "ahead_floor": ahead_micros * settings.SYNC_HOLD_AHEAD_MIN_CALLS,
@@ -332,7 +334,13 @@ def credit_settle(
         )
     else:
         settled_or_none = _settle_portable(
-            hold=hold, cost=cost, units=units, model_slug=model_slug, source=source, now=now
+            hold=hold,
+            cost=cost,
+            units=units,
+            model_slug=model_slug,
+            site_slug=site_slug,
+            source=source,
+            now=now,
         )
         if settled_or_none is None:
             return None
@@ -342,7 +350,14 @@ def credit_settle(
 
 
 def _settle_portable(
-    *, hold: Hold, cost: int, units: int, model_slug: str, source: str, now: datetime
+    *,
+    hold: Hold,
+    cost: int,
+    units: int,
+    model_slug: str,
+    site_slug: str,
+    source: str,
+    now: datetime,
 ) -> Settled | None:
     with transaction.atomic():
         reservation = (
@@ -363,6 +378,7 @@ def _settle_portable(
             source=source,
             amount_micros=-cost,
             model_slug=model_slug,
+            site_slug=site_slug,
             api_key_id=reservation.api_key_id,
             units=units,
         )

@@ -85,6 +85,12 @@ class LedgerEntry(models.Model):
     source = models.CharField(max_length=128, help_text="What caused it: job:…, cs_…, req_…")
     amount_micros = models.BigIntegerField()
     model_slug = models.CharField(max_length=64, blank=True)
+    site_slug = models.CharField(
+        max_length=64,
+        blank=True,
+        help_text="Where a usage entry's call ran; empty for other kinds, and for usage "
+        "booked before sites were recorded.",
+    )
     api_key_id = models.BigIntegerField(null=True, blank=True)
     units = models.BigIntegerField(null=True, blank=True)
     reason = models.TextField(blank=True)

@@ -174,6 +174,7 @@ def _charged(
         units=units,
         model_slug=model.slug,
         source=hold.source,
+        site_slug=done.candidate.site_slug,
         ahead=_ahead_for(caller, max_cost) if ahead_ok else None,
     )
     if settled is None:

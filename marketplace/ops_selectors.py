@@ -206,13 +206,15 @@ def _usage_between(start: datetime, end: datetime) -> QuerySet[LedgerEntry]:
     ).order_by()
 
 
-def _job_site() -> Case:
-    """The site of the job a usage entry charged; "" for entries of sync calls."""
+def _entry_site() -> Case:
+    """Where a usage entry's call ran: its own ``site_slug``; for entries booked before
+    sites were recorded, the site of the job it charged ("" for a sync call's)."""
     job = Job.objects.filter(
         pk=Cast(Substr(OuterRef("source"), _JOB_SOURCE_PREFIX_LEN + 1), BigIntegerField()),
         tenant_id=OuterRef("tenant_id"),
     ).values("site_slug")[:1]
     return Case(
+        When(~Q(site_slug=""), then=F("site_slug")),
         When(source__regex=_JOB_SOURCE_RE, then=Coalesce(Subquery(job), Value(""))),
         default=Value(""),
         output_field=CharField(),
@@ -222,12 +224,12 @@ def _job_site() -> Case:
 def revenue_summary(start: datetime, end: datetime) -> Revenue:
     """Usage charged in ``[start, end)`` per model and per site, from the ledger.
 
-    A usage entry's cost is minus its amount. The ledger records the model but not
-    the site: an async job's entry (source ``job:<id>``) is attributed to the job's
-    ``site_slug``; a sync call's entry (``req:…``) records no site and is grouped
-    under "". GPU-seconds are the units of models priced per GPU-second (their unit
-    is the GPU-microsecond) by their *current* pricing unit; other models' GPU time
-    is not measured (None). Three queries.
+    A usage entry's cost is minus its amount; it records the model and the site the
+    call ran at. Entries booked before sites were recorded fall back to their job's
+    ``site_slug`` (source ``job:<id>``), or are grouped under "" (sync calls).
+    GPU-seconds are the units of models priced per GPU-second (their unit is the
+    GPU-microsecond) by their *current* pricing unit; other models' GPU time is not
+    measured (None). Three queries.
     """
     gpu_models = sorted(
         CatalogModel.objects.filter(pricing_unit=CatalogModel.PricingUnit.GPU_SECOND).values_list(
@@ -236,7 +238,7 @@ def revenue_summary(start: datetime, end: datetime) -> Revenue:
     )
     return Revenue(
         by_model=_revenue_rows(start, end, F("model_slug"), gpu_models),
-        by_site=_revenue_rows(start, end, _job_site(), gpu_models),
+        by_site=_revenue_rows(start, end, _entry_site(), gpu_models),
         gpu_priced_models=gpu_models,
     )
 

@@ -107,6 +107,7 @@ def _finish(
                     units=usage.units,
                     model_slug=job.model.slug,
                     source=f"job:{job.pk}",
+                    site_slug=site_slug or job.site_slug,
                 )
             else:
                 ledger.credit_release(reservation_id=job.reservation_id)

@@ -235,6 +235,7 @@ def test_settle_and_release_find_their_hold_by_primary_key(world):
                     "reservation": open_hold.reservation_id,
                     "source": "req:open",
                     "model": "m",
+                    "site": "site-1",
                     "units": 1,
                     "ahead": 5,
                     "ahead_floor": 50,

@@ -63,6 +63,7 @@ def test_an_ordinary_call_is_charged_once(world, monkeypatch):
     _, usage, _ = _charge(world, model)
     entry = LedgerEntry.objects.get(tenant=world.tenant, kind="usage")
     assert entry.amount_micros == -usage.cost_micros
+    assert entry.site_slug == _done().candidate.site_slug  # revenue per site
 
 
 def test_the_api_answers_it_with_503_and_retry_after():

@@ -392,13 +392,16 @@ def assert_books_balance(tenant: Tenant, *, granted: int = 10_000_000) -> None:
 
 
 def assert_jobs_charged_once(tenant: Tenant, job_ids: list[str]) -> None:
-    """Each job succeeded once, with exactly one usage entry of its own cost."""
+    """Each job succeeded once, with exactly one usage entry of its own cost, charged
+    to the site that ran it."""
     jobs = list(Job.objects.filter(tenant=tenant, public_id__in=job_ids))
     assert len(jobs) == len(job_ids)
     for job in jobs:
         assert job.status == Job.Status.SUCCEEDED, (job.public_id, job.status, job.error_code)
         entries = LedgerEntry.objects.filter(tenant=tenant, kind="usage", source=f"job:{job.pk}")
-        assert [entry.amount_micros for entry in entries] == [-(job.cost_micros or 0)]
+        assert [(e.amount_micros, e.site_slug) for e in entries] == [
+            (-(job.cost_micros or 0), job.site_slug)
+        ]
 
 
 def sync_charges_match(tenant: Tenant, answers: list[Answer], *, unacknowledged: int = 0) -> int:

@@ -76,12 +76,16 @@ def site() -> Iterator[Site]:
     client.hdel(routing.HEALTH_KEY, str(server.pk))
 
 
-def _charge(tenant: Tenant, *, source: str, model: str, cost: int, units: int) -> None:
+def _charge(
+    tenant: Tenant, *, source: str, model: str, cost: int, units: int, site: str = ""
+) -> None:
     """A usage charge made the way calls are charged: a hold, then its settlement."""
     hold = ledger.credit_reserve(
         tenant_id=tenant.pk, amount_micros=cost, source=source, ttl_seconds=60
     )
-    ledger.credit_settle(hold=hold, cost_micros=cost, units=units, model_slug=model, source=source)
+    ledger.credit_settle(
+        hold=hold, cost_micros=cost, units=units, model_slug=model, source=source, site_slug=site
+    )
 
 
 def _job(tenant: Tenant, model: str, *, site: str = "site-a", **fields: object) -> Job:
@@ -358,7 +362,9 @@ def test_revenue_per_model_and_site_with_gpu_seconds(world, other_world, site, s
         cost=3_000_000,
         units=2_500_000,
     )
-    _charge(world.tenant, source="req:abc", model="echo", cost=500_000, units=2)
+    _charge(world.tenant, source="req:abc", model="echo", cost=500_000, units=2)  # no site:
+    # booked before sites were recorded; a job's such entry falls back to the job's site.
+    _charge(world.tenant, source="req:new", model="echo", cost=200_000, units=1, site="site-b")
     ledger.entry_book(
         tenant_id=world.tenant.pk,
         kind=LedgerEntry.Kind.ADJUSTMENT,
@@ -370,20 +376,20 @@ def test_revenue_per_model_and_site_with_gpu_seconds(world, other_world, site, s
     report = ops_selectors.revenue_summary(datetime(now.year, 1, 1, tzinfo=UTC), now)
     by_model = {row.group: row for row in report.by_model}
     by_site = {row.group: row for row in report.by_site}
-    assert report.total_micros == 4_500_000  # adjustments are not revenue
-    assert by_model["echo"].cost_micros == 1_500_000
-    assert by_model["echo"].calls == 2
+    assert report.total_micros == 4_700_000  # adjustments are not revenue
+    assert by_model["echo"].cost_micros == 1_700_000
+    assert by_model["echo"].calls == 3
     assert by_model["echo"].gpu_micro_seconds is None
     assert by_model["gpu-gen"].gpu_seconds == 2.5
     assert by_site["site-a"].cost_micros == 1_000_000
-    assert by_site["site-b"].cost_micros == 3_000_000
+    assert by_site["site-b"].cost_micros == 3_200_000  # a job's and a sync call's
     assert by_site["site-b"].gpu_micro_seconds == 2_500_000
-    assert by_site[""].cost_micros == 500_000  # the sync call: no site recorded
+    assert by_site[""].cost_micros == 500_000  # the older sync call: no site recorded
     assert sum(row.cost_micros for row in report.by_site) == report.total_micros
 
     text = staff.get("/ops/revenue/").content.decode()
-    assert "$4.50" in text
-    assert "Not attributed (sync calls)" in text
+    assert "$4.70" in text
+    assert "Not attributed (older sync calls)" in text
     assert "2.500" in text
     assert "not measured" in text
 
