@@ -64,10 +64,16 @@ AUDIT_SECRET_FIELDS = frozenset(
     {"auth_header", "secret_hash", "token_hash", "webhook_secret", "webhook_secret_previous"}
 )
 _SECRET_WORDS = ("password", "secret", "token", "auth")
+#: Fields whose names contain one of those words but hold no secret: recorded in full.
+AUDIT_PLAIN_FIELDS = frozenset({"webhook_secret_previous_until"})
 AUDIT_REDACTED = "(changed; value not recorded)"
 
 
 def audit_field_secret(name: str) -> bool:
+    """Whether a field's values stay out of the audit log: the known secrets, and any
+    field named like one that is not known to be plain (new fields fail closed)."""
+    if name in AUDIT_PLAIN_FIELDS:
+        return False
     lowered = name.lower()
     return name in AUDIT_SECRET_FIELDS or any(word in lowered for word in _SECRET_WORDS)
 

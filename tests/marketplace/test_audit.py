@@ -5,7 +5,7 @@ tenant and time; no secret ever enters one; owners see their own tenant's events
 import csv
 import io
 import json
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from html import unescape
 from typing import Any
@@ -451,15 +451,24 @@ def test_key_creation_in_the_portal_never_records_the_token(world):
 
 
 def test_audit_changes_masks_every_secret_looking_field():
+    until = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
     changes = services.audit_changes(
-        fields=["password1", "api_token", "webhook_secret", "auth_header", "name"],
-        before={"name": "a"},
+        fields=[
+            "password1",
+            "api_token",
+            "webhook_secret",
+            "auth_header",
+            "name",
+            "webhook_secret_previous_until",
+        ],
+        before={"name": "a", "webhook_secret_previous_until": None},
         after={
             "password1": "p",
             "api_token": "t",
             "webhook_secret": "s",
             "auth_header": "h",
             "name": Decimal("1.50"),
+            "webhook_secret_previous_until": until,
         },
     )
     assert changes == {
@@ -468,6 +477,8 @@ def test_audit_changes_masks_every_secret_looking_field():
         "webhook_secret": services.AUDIT_REDACTED,
         "auth_header": services.AUDIT_REDACTED,
         "name": {"from": "a", "to": "1.50"},
+        # a time, not a secret: when the previous secret stops signing
+        "webhook_secret_previous_until": {"from": None, "to": until.isoformat()},
     }
 
 
