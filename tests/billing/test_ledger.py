@@ -309,35 +309,28 @@ def test_no_hold_ahead_unless_the_floor_of_calls_stays_covered(world, settings):
     must never be what refuses a call another process could have run."""
     available = _account(world).available_micros
     settings.SYNC_HOLD_AHEAD_MIN_CALLS = 10
-    # After a charge of 100 the account covers 1 + 10 holds of (available - 100) // 11...
+
+    def call(source: str, *, cost: int, ahead: int) -> ledger.Settled:
+        hold = ledger.credit_reserve(
+            tenant_id=world.tenant.pk, amount_micros=100, source=source, ttl_seconds=60
+        )
+        settled = ledger.credit_settle(
+            hold=hold,
+            cost_micros=cost,
+            units=1,
+            model_slug="m",
+            source=source,
+            ahead=_ahead(ahead),
+        )
+        assert settled is not None
+        return settled
+
+    # After a charge of 100 the account covers 1 + 10 holds of (available - 100) // 11,
+    # but not of one µ$ more.
     per_call = (available - 100) // 11
-    hold = ledger.credit_reserve(
-        tenant_id=world.tenant.pk, amount_micros=100, source="req:a", ttl_seconds=60
-    )
-    settled = ledger.credit_settle(
-        hold=hold,
-        cost_micros=100,
-        units=1,
-        model_slug="m",
-        source="req:a",
-        ahead=_ahead(per_call + 1),  # ...but not of one µ$ more.
-    )
-    assert settled is not None
-    assert settled.next_hold is None
+    assert call("req:a", cost=100, ahead=per_call + 1).next_hold is None
     assert _account(world).reserved_micros == 0
-    hold = ledger.credit_reserve(
-        tenant_id=world.tenant.pk, amount_micros=100, source="req:b", ttl_seconds=60
-    )
-    settled = ledger.credit_settle(
-        hold=hold,
-        cost_micros=0,
-        units=1,
-        model_slug="m",
-        source="req:b",
-        ahead=_ahead((available - 100) // 11),
-    )
-    assert settled is not None
-    assert settled.next_hold is not None
+    assert call("req:b", cost=0, ahead=per_call).next_hold is not None
     assert ledger.account_check(account=_account(world)) == []
 
 
