@@ -6,9 +6,11 @@ import factory
 from allauth.account.models import EmailAddress
 
 from marketplace import services
-from marketplace.models import ApiKey, Membership, Role, Tenant, User
+from marketplace.models import ApiKey, CatalogModel, Membership, Role, Tenant, User
+from marketplace.pricing import Usage
+from workers.dispatch import Dispatched
 from workers.routing import Candidate
-from workers.triton import Endpoint
+from workers.triton import Endpoint, Response
 
 
 class UserFactory(factory.django.DjangoModelFactory[User]):
@@ -69,4 +71,28 @@ def candidate_make(
         triton_model_name=model,
         triton_model_version="",
         endpoint=Endpoint(server_id, "127.0.0.1", 9000 + server_id),
+    )
+
+
+def dispatched_make(site: str = "a") -> Dispatched:
+    """What a site answers a sync call, in place of ``workers.dispatch.dispatch``."""
+    response = Response(status=200, headers={}, body=b'{"outputs": []}')
+    return Dispatched(response=response, candidate=candidate_make(1, site=site), elapsed_us=500)
+
+
+def sync_charge(
+    tenant: Tenant, key: ApiKey | None, model: CatalogModel
+) -> tuple[Dispatched, Usage, int]:
+    """One sync call of one unit through ``marketplace.inference._charged`` (hold, the
+    call, settle): the tests fake its ``dispatch``."""
+    from marketplace import inference
+
+    return inference._charged(
+        tenant=tenant,
+        key=key,
+        model=model,
+        max_units=1,
+        input_elements=1,
+        body=b"{}",
+        headers={},
     )

@@ -13,7 +13,7 @@ from billing import ahead, ledger
 from billing.models import CreditAccount, LedgerEntry, Reservation
 from marketplace import inference
 from marketplace.models import CatalogModel
-from tests.factories import api_key_make, candidate_make
+from tests.factories import api_key_make, dispatched_make, sync_charge
 from workers import triton
 from workers.dispatch import Dispatched
 
@@ -22,14 +22,9 @@ pytestmark = pytest.mark.django_db(transaction=True)  # holds use their own conn
 PRICE = 10
 
 
-def _done(**kwargs: object) -> Dispatched:
-    response = triton.Response(status=200, headers={}, body=b'{"outputs": []}')
-    return Dispatched(response=response, candidate=candidate_make(1), elapsed_us=500)
-
-
 @pytest.fixture
 def model(monkeypatch) -> CatalogModel:
-    monkeypatch.setattr(inference, "dispatch", _done)
+    monkeypatch.setattr(inference, "dispatch", lambda **kwargs: dispatched_make())
     return CatalogModel.objects.create(slug="ahead-echo", name="echo", price_micros=PRICE)
 
 
@@ -49,15 +44,7 @@ def own_holds(monkeypatch) -> list[str]:
 
 
 def _call(world, model: CatalogModel, key=None) -> None:
-    inference._charged(
-        tenant=world.tenant,
-        key=key or world.key,
-        model=model,
-        max_units=1,
-        input_elements=1,
-        body=b"{}",
-        headers={},
-    )
+    sync_charge(world.tenant, key or world.key, model)
 
 
 def _account(world) -> CreditAccount:

@@ -12,30 +12,10 @@ from billing.models import CreditAccount, LedgerEntry, Reservation, UsageRecord
 from marketplace import inference
 from marketplace.exceptions import ChargeNotRecorded
 from marketplace.models import CatalogModel
-from marketplace.pricing import Usage
-from tests.factories import candidate_make
-from workers import triton
+from tests.factories import dispatched_make, sync_charge
 from workers.dispatch import Dispatched
 
 pytestmark = pytest.mark.django_db(transaction=True)  # holds use their own connection
-
-
-def _done() -> Dispatched:
-    candidate = candidate_make(1)
-    response = triton.Response(status=200, headers={}, body=b'{"outputs": []}')
-    return Dispatched(response=response, candidate=candidate, elapsed_us=500)
-
-
-def _charge(world, model: CatalogModel) -> tuple[Dispatched, Usage, int]:
-    return inference._charged(
-        tenant=world.tenant,
-        key=world.key,
-        model=model,
-        max_units=1,
-        input_elements=1,
-        body=b"{}",
-        headers={},
-    )
 
 
 def test_a_call_whose_hold_was_lost_is_refused_and_books_nothing(world, monkeypatch):
@@ -45,11 +25,11 @@ def test_a_call_whose_hold_was_lost_is_refused_and_books_nothing(world, monkeypa
     def dispatch_while_the_hold_is_lost(**kwargs: object) -> Dispatched:
         (hold,) = Reservation.objects.filter(tenant=world.tenant, status="open")
         assert ledger.credit_release(reservation_id=hold.pk)  # as expiry would
-        return _done()
+        return dispatched_make()
 
     monkeypatch.setattr(inference, "dispatch", dispatch_while_the_hold_is_lost)
     with pytest.raises(ChargeNotRecorded):
-        _charge(world, model)
+        sync_charge(world.tenant, world.key, model)
 
     account = CreditAccount.objects.get(tenant=world.tenant)
     assert (account.balance_micros, account.reserved_micros) == (balance, 0)
@@ -59,11 +39,11 @@ def test_a_call_whose_hold_was_lost_is_refused_and_books_nothing(world, monkeypa
 
 def test_an_ordinary_call_is_charged_once(world, monkeypatch):
     model = CatalogModel.objects.create(slug="kept-echo", name="echo", price_micros=10)
-    monkeypatch.setattr(inference, "dispatch", lambda **kwargs: _done())
-    _, usage, _ = _charge(world, model)
+    monkeypatch.setattr(inference, "dispatch", lambda **kwargs: dispatched_make())
+    _, usage, _ = sync_charge(world.tenant, world.key, model)
     entry = LedgerEntry.objects.get(tenant=world.tenant, kind="usage")
     assert entry.amount_micros == -usage.cost_micros
-    assert entry.site_slug == _done().candidate.site_slug  # revenue per site
+    assert entry.site_slug == dispatched_make().candidate.site_slug  # revenue per site
 
 
 def test_the_api_answers_it_with_503_and_retry_after():

@@ -20,7 +20,7 @@ from config.redis_client import redis_client
 from marketplace import inference
 from marketplace.models import CatalogModel, Job, Tenant
 from observability import metrics, selectors
-from tests.factories import UserFactory
+from tests.factories import UserFactory, sync_charge
 from tests.mfa import staff_force_login
 from workers import liveness, routing
 from workers.dispatch import NoHealthySite
@@ -145,15 +145,7 @@ def test_a_failed_sync_call_is_counted_by_model_and_status(world, monkeypatch):
     before = REGISTRY.get_sample_value("cango_sync_inferences_total", labels) or 0
 
     with pytest.raises(NoHealthySite):
-        inference._charged(
-            tenant=world.tenant,
-            key=world.key,
-            model=model,
-            max_units=1,
-            input_elements=1,
-            body=b"{}",
-            headers={},
-        )
+        sync_charge(world.tenant, world.key, model)
 
     assert REGISTRY.get_sample_value("cango_sync_inferences_total", labels) == before + 1
 
